@@ -1,0 +1,161 @@
+"""Command line: flags and config file -> Config, then serve until SIGTERM or Ctrl-C.
+
+Bad configuration ends the process before it serves anything, with exit status 2
+and one line on stderr saying what is wrong and where.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+from typing import Any, NoReturn
+
+from exporter import __version__, logs
+from exporter.collector import Collector
+from exporter.config import LOG_FORMATS, LOG_LEVELS, Config, ConfigError, build, load_file
+from exporter.source import KernelSource, NetlinkKernelSocket
+from exporter.web import MetricsServer
+
+PROG = "ovs-vport-exporter"
+EXIT_CONFIG = 2
+log = logging.getLogger(__name__)
+
+# Filter flags: (flag, subject, rule), named like node_exporter's --collector.netdev.device-include.
+_FILTER_FLAGS = [
+    (f"--collector.{flag_subject}-{rule}", subject, rule)
+    for flag_subject, subject in (("datapath", "datapath"), ("port", "port"), ("vport-type", "vport_type"))
+    for rule in ("include", "exclude")
+]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # One line, not argparse's usage block: the same shape as every config error.
+        self.exit(EXIT_CONFIG, f"{PROG}: error: {message} (see --help)\n")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog=PROG,
+        description="Prometheus exporter for the Open vSwitch kernel datapath: per-vport counters "
+        "from the ovs_datapath and ovs_vport generic netlink families. Read-only; needs no privileges.",
+        argument_default=argparse.SUPPRESS,
+    )
+    p.add_argument(
+        "--config.file",
+        dest="config_file",
+        metavar="PATH",
+        help="YAML configuration file; flags override it.",
+    )
+    p.add_argument(
+        "--web.listen-address",
+        dest="listen_address",
+        metavar="ADDR",
+        help="Address to listen on (default :9310, every address).",
+    )
+    p.add_argument(
+        "--web.telemetry-path",
+        dest="telemetry_path",
+        metavar="PATH",
+        help="Path under which to expose metrics (default /metrics).",
+    )
+    p.add_argument(
+        "--log.level",
+        dest="log_level",
+        choices=LOG_LEVELS,
+        help="Only log messages with the given severity or above (default info).",
+    )
+    p.add_argument(
+        "--log.format",
+        dest="log_format",
+        choices=LOG_FORMATS,
+        help="Output format of log messages (default logfmt).",
+    )
+    p.add_argument(
+        "--netlink.timeout",
+        dest="netlink_timeout",
+        type=float,
+        metavar="SECONDS",
+        help="How long to wait for each kernel reply (default 5).",
+    )
+    for flag, subject, rule in _FILTER_FLAGS:
+        what = (
+            "vport types (netdev, internal, gre, vxlan, geneve, or a number)"
+            if subject == "vport_type"
+            else f"{subject} names"
+        )
+        p.add_argument(
+            flag,
+            dest=f"filter_{subject}_{rule}",
+            metavar="REGEX",
+            help=f"Regular expression of {what} to {rule} (full match).",
+        )
+    p.add_argument("--version", action="version", version=f"{PROG} version {__version__}")
+    return p  # fmt: skip
+
+
+def load_config(argv: Sequence[str]) -> Config:
+    """Parse flags and the config file; raise ConfigError (or exit 2 from argparse)."""
+    args: dict[str, Any] = vars(_parser().parse_args(argv))
+    file_settings: dict[str, Any] = {}
+    config_file = args.pop("config_file", None)
+    if config_file is not None:
+        try:
+            file_settings = load_file(Path(config_file))
+        except ConfigError as err:
+            raise ConfigError(f"config file {config_file}: {err}") from None
+    flag_settings: dict[str, Any] = {"filters": {}}
+    for key, value in args.items():
+        if key.startswith("filter_"):
+            for _flag, subject, rule in _FILTER_FLAGS:
+                if key == f"filter_{subject}_{rule}":
+                    flag_settings["filters"].setdefault(subject, {})[rule] = value
+        else:
+            flag_settings[key] = value
+    try:
+        return build(file_settings, flag_settings)
+    except ConfigError as err:
+        where = f"config file {config_file} or flags" if config_file else "flags"
+        raise ConfigError(f"{where}: {err}") from None
+
+
+def _stop(signum: int, frame: FrameType | None) -> NoReturn:
+    raise SystemExit(0)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        config = load_config(sys.argv[1:] if argv is None else argv)
+    except ConfigError as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return EXIT_CONFIG
+    logs.setup(config.log_level, config.log_format)
+
+    source = KernelSource(lambda: NetlinkKernelSocket(config.netlink_timeout))
+    collector = Collector(source, config.filters, __version__)
+    host, port = config.listen_host_port
+    try:
+        server = MetricsServer(host, port, config.telemetry_path, collector, __version__)
+    except OSError as err:
+        log.error("cannot listen on %s: %s", config.listen_address, err.strerror or err)
+        return 1
+    signal.signal(signal.SIGTERM, _stop)
+    log.info(
+        "listening on %s, metrics at %s (version %s)",
+        config.listen_address,
+        config.telemetry_path,
+        __version__,
+    )
+    try:
+        server.serve_forever()
+    except (KeyboardInterrupt, SystemExit):
+        log.info("shutting down")
+    finally:
+        server.server_close()
+        source.close()
+    return 0

@@ -1,0 +1,154 @@
+"""One scrape: read the source, filter, and write the exposition with the exporter's own health.
+
+``Collector.scrape`` never raises. A failed source becomes ``ovs_up 0``, one more
+``ovs_scrape_errors_total`` and a log line with the errno; no partial kernel data
+is served, and the next scrape starts again from scratch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
+from prometheus_client import generate_latest as generate_text
+from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
+
+from exporter import wire
+from exporter.config import Filters
+from exporter.exposition import Format, render_counter, render_datapaths, render_gauge, render_info
+from exporter.source import DatapathDump, FamilyNotFoundError
+
+log = logging.getLogger(__name__)
+
+_OM_EOF = "# EOF\n"
+
+
+class Source(Protocol):
+    def collect(self) -> list[DatapathDump]: ...
+
+
+def apply_filters(dumps: Sequence[DatapathDump], filters: Filters) -> list[DatapathDump]:
+    """Keep the datapaths and vports the configuration asks for.
+
+    ``ovs_datapath_vports`` keeps counting every vport of a datapath (``vport_count``):
+    a filter changes what is exported, not what the datapath holds.
+    """
+    if filters.port.is_open and filters.vport_type.is_open:
+        return [d for d in dumps if filters.datapath.allows(d.datapath.name)]
+    kept: list[DatapathDump] = []
+    for dump in dumps:
+        if filters.datapath.allows(dump.datapath.name):
+            vports = [
+                v
+                for v in dump.vports
+                if filters.port.allows(v.name) and filters.vport_type.allows(v.type_name)
+            ]
+            kept.append(dataclasses.replace(dump, vports=vports))
+    return kept
+
+
+def _describe(err: BaseException) -> str:
+    if isinstance(err, FamilyNotFoundError):
+        return (
+            f"generic netlink family {err} not found: is the openvswitch kernel module loaded?"
+            " (will retry on every scrape)"
+        )
+    if isinstance(err, OSError) and err.errno is not None:
+        return f"{err.strerror or err} (errno {err.errno} {errno.errorcode.get(err.errno, '?')})"
+    if isinstance(err, TimeoutError):
+        return "timed out waiting for the kernel's reply"
+    if isinstance(err, wire.DecodeError):
+        return f"malformed netlink reply: {err}"
+    return f"{type(err).__name__}: {err}"
+
+
+class Collector:
+    """Turns the source's kernel state into one exposition per scrape."""
+
+    def __init__(
+        self,
+        source: Source,
+        filters: Filters,
+        version: str,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self._source = source
+        self._filters = filters
+        self._version = version
+        self._clock = clock
+        # The kernel socket is not shared between threads; concurrent scrapes queue here.
+        self._lock = threading.Lock()
+        self._errors = 0
+        self._last_failure: str | None = None
+        self._runtime = CollectorRegistry(auto_describe=True)
+        ProcessCollector(registry=self._runtime)
+        PlatformCollector(registry=self._runtime)
+        GCCollector(registry=self._runtime)
+
+    def scrape(self, fmt: Format) -> str:
+        """The whole exposition body for one scrape, in the asked format."""
+        with self._lock:
+            started = self._clock()
+            dumps, up = self._read_source()
+            chunks = render_datapaths(dumps, fmt)
+            duration = self._clock() - started
+            errors = self._errors
+        chunks.append(
+            render_gauge(
+                "ovs_up", "1 if the OVS datapath families resolved and every dump completed, else 0.", up, fmt
+            )
+        )
+        chunks.append(
+            render_gauge(
+                "ovs_scrape_duration_seconds",
+                "Time this scrape spent reading the kernel and writing the exposition.",
+                duration,
+                fmt,
+            )
+        )
+        chunks.append(
+            render_counter(
+                "ovs_scrape_errors",
+                "Scrapes whose kernel read failed (ovs_up 0), since the exporter started.",
+                errors,
+                fmt,
+            )
+        )
+        chunks.append(
+            render_info(
+                "ovs_exporter_build", "The exporter's version (value 1).", {"version": self._version}, fmt
+            )
+        )
+        if fmt is Format.OPENMETRICS:
+            # The runtime registry's output ends with the one "# EOF" a body may have.
+            chunks.append(generate_openmetrics(self._runtime).decode("utf-8"))  # type: ignore[no-untyped-call]
+        else:
+            chunks.append(generate_text(self._runtime).decode("utf-8"))
+        return "".join(chunks)
+
+    def _read_source(self) -> tuple[list[DatapathDump], int]:
+        try:
+            dumps = apply_filters(self._source.collect(), self._filters)
+        except Exception as err:  # noqa: BLE001 - a scrape reports every failure, never raises
+            self._errors += 1
+            message = _describe(err)
+            if message != self._last_failure:
+                # Logged once per distinct failure, not on every scrape while it lasts.
+                log_fn = log.warning if isinstance(err, FamilyNotFoundError) else log.error
+                log_fn("scrape failed: %s", message, exc_info=_is_unexpected(err))
+                self._last_failure = message
+            return [], 0
+        if self._last_failure is not None:
+            log.info("scrape succeeded again after: %s", self._last_failure)
+            self._last_failure = None
+        return dumps, 1
+
+
+def _is_unexpected(err: BaseException) -> bool:
+    return not isinstance(err, (FamilyNotFoundError, OSError, wire.DecodeError))

@@ -1,0 +1,222 @@
+"""Configuration: a YAML file and command-line flags, merged into one frozen ``Config``.
+
+Flags override the file; the file overrides the defaults. Everything is checked
+here, before the server starts: an unknown key, a wrong type or a bad regular
+expression raises ``ConfigError`` with one line naming the key and the problem,
+and the CLI turns that into exit status 2.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+LOG_LEVELS = ("debug", "info", "warn", "error")
+LOG_FORMATS = ("logfmt", "json")
+FILTER_SUBJECTS = ("datapath", "port", "vport_type")
+
+
+class ConfigError(Exception):
+    """Bad configuration. The message is one line: where, then what."""
+
+
+@dataclass(frozen=True)
+class NameFilter:
+    """Include and exclude patterns; a name passes when it fully matches ``include``
+    (or there is none) and does not fully match ``exclude``."""
+
+    include: re.Pattern[str] | None = None
+    exclude: re.Pattern[str] | None = None
+
+    def allows(self, name: str) -> bool:
+        if self.include is not None and self.include.fullmatch(name) is None:
+            return False
+        return self.exclude is None or self.exclude.fullmatch(name) is None
+
+    @property
+    def is_open(self) -> bool:
+        return self.include is None and self.exclude is None
+
+
+@dataclass(frozen=True)
+class Filters:
+    datapath: NameFilter = field(default_factory=NameFilter)
+    port: NameFilter = field(default_factory=NameFilter)
+    vport_type: NameFilter = field(default_factory=NameFilter)
+
+
+@dataclass(frozen=True)
+class Config:
+    listen_address: str = ":9310"
+    telemetry_path: str = "/metrics"
+    log_level: str = "info"
+    log_format: str = "logfmt"
+    netlink_timeout: float = 5.0
+    filters: Filters = field(default_factory=Filters)
+
+    @property
+    def listen_host_port(self) -> tuple[str, int]:
+        return parse_listen_address(self.listen_address)
+
+
+# The file's schema: key -> (type, allowed sub-keys). Kept as data so the error
+# for an unknown key can list the known ones.
+_FILE_KEYS: dict[str, tuple[str, ...]] = {
+    "web": ("listen_address", "telemetry_path"),
+    "log": ("level", "format"),
+    "netlink": ("timeout_seconds",),
+    "filters": FILTER_SUBJECTS,
+}
+
+
+def parse_listen_address(address: str) -> tuple[str, int]:
+    """``host:port``, ``[v6]:port`` or ``:port`` (all addresses) -> (host, port)."""
+    host, sep, port_text = address.rpartition(":")
+    if not sep or not port_text.isdigit():
+        raise ValueError(f"{address!r} is not host:port (for example :9310 or 127.0.0.1:9310)")
+    port = int(port_text)
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port {port} is out of range 0-65535")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host, port
+
+
+def _mapping(value: Any, where: str) -> Mapping[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{where}: must be a mapping, got {_type_name(value)}")
+    for key in value:
+        if not isinstance(key, str):
+            raise ConfigError(f"{where}: keys must be strings, got {key!r}")
+    return value
+
+
+def _type_name(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _check_keys(section: Mapping[str, Any], allowed: tuple[str, ...], where: str) -> None:
+    for key in section:
+        if key not in allowed:
+            prefix = f"{where}." if where else ""
+            raise ConfigError(f"{prefix}{key}: unknown key (known keys: {', '.join(allowed)})")
+
+
+def _string(section: Mapping[str, Any], key: str, where: str) -> str | None:
+    value = section.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ConfigError(f"{where}.{key}: must be a string, got {_type_name(value)}")
+    return value
+
+
+def compile_pattern(pattern: str, where: str) -> re.Pattern[str]:
+    try:
+        return re.compile(pattern)
+    except re.error as err:
+        raise ConfigError(f"{where}: invalid regular expression {pattern!r}: {err}") from None
+
+
+def _file_filters(section: Mapping[str, Any]) -> dict[str, dict[str, str]]:
+    result: dict[str, dict[str, str]] = {}
+    for subject in FILTER_SUBJECTS:
+        where = f"filters.{subject}"
+        rules = _mapping(section.get(subject), where)
+        _check_keys(rules, ("include", "exclude"), where)
+        result[subject] = {}
+        for rule in ("include", "exclude"):
+            value = _string(rules, rule, where)
+            if value is not None:
+                result[subject][rule] = value
+    return result
+
+
+def load_file(path: Path) -> dict[str, Any]:
+    """Read and check the YAML file; return its settings flattened to Config field names."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise ConfigError(f"cannot read config file: {err.strerror}: {path}") from None
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"invalid YAML{at}: {problem}") from None
+    top = _mapping(document, "top level")
+    _check_keys(top, tuple(_FILE_KEYS), "")
+    settings: dict[str, Any] = {}
+
+    web = _mapping(top.get("web"), "web")
+    _check_keys(web, _FILE_KEYS["web"], "web")
+    for key in _FILE_KEYS["web"]:
+        value = _string(web, key, "web")
+        if value is not None:
+            settings[key] = value
+
+    log = _mapping(top.get("log"), "log")
+    _check_keys(log, _FILE_KEYS["log"], "log")
+    for key in _FILE_KEYS["log"]:
+        value = _string(log, key, "log")
+        if value is not None:
+            settings[f"log_{key}"] = value
+
+    netlink = _mapping(top.get("netlink"), "netlink")
+    _check_keys(netlink, _FILE_KEYS["netlink"], "netlink")
+    timeout = netlink.get("timeout_seconds")
+    if timeout is not None:
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+            raise ConfigError(f"netlink.timeout_seconds: must be a number, got {_type_name(timeout)}")
+        settings["netlink_timeout"] = float(timeout)
+
+    settings["filters"] = _file_filters(_mapping(top.get("filters"), "filters"))
+    return settings
+
+
+def build(file_settings: Mapping[str, Any], flag_settings: Mapping[str, Any]) -> Config:
+    """Merge file and flags (flags win) and check every value.
+
+    ``flag_settings`` holds only the flags given on the command line, with the
+    same keys as ``load_file`` returns (filters as ``{subject: {rule: pattern}}``).
+    """
+    merged: dict[str, Any] = {k: v for k, v in file_settings.items() if k != "filters"}
+    merged.update({k: v for k, v in flag_settings.items() if k != "filters"})
+
+    config = Config(**merged)
+    try:
+        config.listen_host_port  # noqa: B018 - validates the address
+    except ValueError as err:
+        raise ConfigError(f"web.listen_address: {err}") from None
+    if not config.telemetry_path.startswith("/") or config.telemetry_path == "/":
+        raise ConfigError(
+            f"web.telemetry_path: must start with / and not be / itself, got {config.telemetry_path!r}"
+        )
+    if config.log_level not in LOG_LEVELS:
+        raise ConfigError(f"log.level: must be one of {', '.join(LOG_LEVELS)}, got {config.log_level!r}")
+    if config.log_format not in LOG_FORMATS:
+        raise ConfigError(f"log.format: must be one of {', '.join(LOG_FORMATS)}, got {config.log_format!r}")
+    if not (math.isfinite(config.netlink_timeout) and 0 < config.netlink_timeout <= 60):
+        raise ConfigError(
+            f"netlink.timeout_seconds: must be above 0 and at most 60, got {config.netlink_timeout}"
+        )
+
+    filters: dict[str, NameFilter] = {}
+    for subject in FILTER_SUBJECTS:
+        rules = dict(file_settings.get("filters", {}).get(subject, {}))
+        rules.update(flag_settings.get("filters", {}).get(subject, {}))
+        where = f"filters.{subject}"
+        filters[subject] = NameFilter(
+            include=compile_pattern(rules["include"], f"{where}.include") if "include" in rules else None,
+            exclude=compile_pattern(rules["exclude"], f"{where}.exclude") if "exclude" in rules else None,
+        )
+    return Config(**{**merged, "filters": Filters(**filters)})

@@ -1,0 +1,222 @@
+"""The datapath source: talks to the kernel and returns every datapath with its vports.
+
+One ``collect()`` is one scrape's worth of kernel state: an ``ovs_datapath`` dump,
+then one ``ovs_vport`` dump per datapath (the kernel's vport dump covers a single
+datapath, named by its ``dp_ifindex``). Only GET dumps are ever sent.
+
+The socket is the only piece that touches the kernel, behind the small
+``KernelSocket`` protocol, so tests and the benchmark replace exactly that and
+run everything else for real. The real one uses pyroute2 to resolve the generic
+netlink families, and a plain netlink socket for the dumps, whose raw bytes go
+straight to ``exporter.wire``'s decoder: pyroute2's message classes would cost
+far more per vport than the whole rest of a scrape.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import os
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol, TypeVar
+
+from exporter import wire
+
+T = TypeVar("T")
+
+# Large enough for the biggest datagram a netlink dump sends (32 KiB since 4.x).
+_RECV_BUFSIZE = 1 << 16
+_SOCKET_RCVBUF = 1 << 20
+NETLINK_GENERIC = 16  # linux/netlink.h; the socket module does not name it
+
+
+class FamilyNotFoundError(Exception):
+    """A generic netlink family is not registered: the openvswitch module is not loaded."""
+
+
+class KernelSocket(Protocol):
+    """What the source needs of a generic netlink socket."""
+
+    def family_id(self, name: str) -> int:
+        """Resolve a generic netlink family name; raise FamilyNotFoundError if absent."""
+
+    def send(self, data: bytes) -> None:
+        """Send one request to the kernel."""
+
+    def recv(self) -> bytes:
+        """Receive one datagram (raise OSError/TimeoutError when none comes)."""
+
+    def close(self) -> None:
+        """Release the socket."""
+
+
+class NetlinkKernelSocket:
+    """The real socket: pyroute2 resolves families, a raw NETLINK_GENERIC socket dumps."""
+
+    def __init__(self, timeout: float) -> None:
+        # Imported here: pyroute2 is slow to import and only this class needs it.
+        from pyroute2.netlink import ctrlmsg
+        from pyroute2.netlink.generic import GenericNetlinkSocket
+
+        self._resolver = GenericNetlinkSocket()
+        try:
+            self._resolver.bind("nlctrl", ctrlmsg)
+            self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_GENERIC)
+        except BaseException:
+            self._resolver.close()
+            raise
+        try:
+            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _SOCKET_RCVBUF)
+            self._sock.bind((0, 0))
+            self._sock.settimeout(timeout)
+        except BaseException:
+            self.close()
+            raise
+
+    def family_id(self, name: str) -> int:
+        from pyroute2.netlink.exceptions import NetlinkError
+
+        try:
+            reply = self._resolver.discovery(name)
+        except NetlinkError as err:
+            if err.code == errno.ENOENT:
+                raise FamilyNotFoundError(name) from err
+            raise OSError(err.code, f"resolving generic netlink family {name}: {err}") from err
+        family_id = reply.get_attr("CTRL_ATTR_FAMILY_ID")
+        if not isinstance(family_id, int):
+            raise wire.DecodeError(f"nlctrl reply for {name} carries no family id")
+        return family_id
+
+    def send(self, data: bytes) -> None:
+        self._sock.send(data)
+
+    def recv(self) -> bytes:
+        return self._sock.recv(_RECV_BUFSIZE)
+
+    def close(self) -> None:
+        self._sock.close()
+        self._resolver.close()
+
+
+@dataclass(frozen=True, slots=True)
+class DatapathDump:
+    """A datapath and its vports, each vport name once."""
+
+    datapath: wire.Datapath
+    vports: list[wire.Vport]
+    vport_count: int  # every vport the kernel listed, before any filter
+
+
+class KernelSource:
+    """Dumps every datapath and every vport, through a socket kept open between scrapes."""
+
+    def __init__(self, open_socket: Callable[[], KernelSocket]) -> None:
+        self._open_socket = open_socket
+        self._socket: KernelSocket | None = None
+        self._seq = itertools.count(1)
+
+    def collect(self) -> list[DatapathDump]:
+        """One scrape's kernel state. Raises on any failure; the caller reports it.
+
+        Raises FamilyNotFoundError, wire.NetlinkError (with the errno),
+        wire.DecodeError, or OSError (socket errors and timeouts).
+        """
+        if self._socket is None:
+            self._socket = self._open_socket()
+        try:
+            return self._collect(self._socket)
+        except BaseException:
+            # Start the next scrape from scratch: a fresh socket holds no late replies,
+            # and family ids are resolved again (the module may have been reloaded).
+            self.close()
+            raise
+
+    def close(self) -> None:
+        if self._socket is not None:
+            sock, self._socket = self._socket, None
+            sock.close()
+
+    def _collect(self, sock: KernelSocket) -> list[DatapathDump]:
+        # Resolved on every scrape: reloading the module can change the ids.
+        dp_family = sock.family_id(wire.OVS_DATAPATH_FAMILY)
+        vport_family = sock.family_id(wire.OVS_VPORT_FAMILY)
+        datapaths = _unique_by_name(
+            self._dump(sock, dp_family, wire.OVS_DATAPATH_VERSION, 0, wire.decode_datapath)
+        )
+        dumps: list[DatapathDump] = []
+        for datapath in datapaths:
+            try:
+                vports = self._dump(
+                    sock,
+                    vport_family,
+                    wire.OVS_VPORT_VERSION,
+                    datapath.dp_ifindex,
+                    wire.decode_vport,
+                )
+            except wire.NetlinkError as err:
+                if err.errno == errno.ENODEV:
+                    continue  # deleted since the datapath dump: normal, not an error
+                raise
+            unique = _unique_by_name(vports)
+            dumps.append(DatapathDump(datapath, unique, len(unique)))
+        return dumps
+
+    def _dump(
+        self,
+        sock: KernelSocket,
+        family: int,
+        version: int,
+        dp_ifindex: int,
+        decode: Callable[[bytes, wire.Message], T],
+    ) -> list[T]:
+        seq = next(self._seq) & 0xFFFFFFFF
+        sock.send(wire.encode_get_dump(family, version, seq, dp_ifindex))
+        records: list[T] = []
+        while True:
+            buf = sock.recv()
+            if not buf:
+                raise wire.DecodeError("netlink socket returned an empty datagram")
+            for message in wire.iter_messages(buf):
+                if message.seq != seq:
+                    continue  # a late reply to an earlier request
+                if message.type == family:
+                    records.append(decode(buf, message))
+                elif message.type == wire.NLMSG_DONE:
+                    code = wire.error_code(buf, message)
+                    if code:
+                        raise _netlink_error(code, family, dp_ifindex)
+                    return records
+                elif message.type == wire.NLMSG_ERROR:
+                    code = wire.error_code(buf, message)
+                    if code:
+                        raise _netlink_error(code, family, dp_ifindex)
+                else:
+                    raise wire.DecodeError(
+                        f"unexpected netlink message type {message.type} in a dump of family {family}"
+                    )
+
+
+def _netlink_error(code: int, family: int, dp_ifindex: int) -> wire.NetlinkError:
+    return wire.NetlinkError(
+        code, f"dump of family {family} (dp_ifindex {dp_ifindex}) failed: {os.strerror(code)}"
+    )
+
+
+class _Named(Protocol):
+    @property
+    def name(self) -> str: ...
+
+
+N = TypeVar("N", bound=_Named)
+
+
+def _unique_by_name(records: list[N]) -> list[N]:
+    """Drop repeats: the kernel's vport dump walks hash buckets under RCU and can
+    report a port twice while ports come and go. Two samples with one label set
+    would make Prometheus reject the whole scrape. The last report wins."""
+    by_name = {record.name: record for record in records}
+    if len(by_name) == len(records):
+        return records
+    return list(by_name.values())
