@@ -145,9 +145,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("cannot listen on %s: %s", config.listen_address, err.strerror or err)
         return 1
     signal.signal(signal.SIGTERM, _stop)
+    bound_host, bound_port = server.server_address[:2]
+    shown_host = f"[{bound_host!s}]" if ":" in str(bound_host) else str(bound_host)
     log.info(
-        "listening on %s, metrics at %s (version %s)",
-        config.listen_address,
+        "listening on %s:%d, metrics at %s (version %s)",
+        shown_host,
+        bound_port,
         config.telemetry_path,
         __version__,
     )

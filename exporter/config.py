@@ -127,6 +127,7 @@ def compile_pattern(pattern: str, where: str) -> re.Pattern[str]:
 
 
 def _file_filters(section: Mapping[str, Any]) -> dict[str, dict[str, str]]:
+    _check_keys(section, FILTER_SUBJECTS, "filters")
     result: dict[str, dict[str, str]] = {}
     for subject in FILTER_SUBJECTS:
         where = f"filters.{subject}"

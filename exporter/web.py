@@ -13,6 +13,7 @@ import gzip
 import html
 import logging
 import socket
+import sys
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Protocol
@@ -153,6 +154,14 @@ class MetricsServer(ThreadingHTTPServer):
         except BaseException:
             self.server_close()
             raise
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        """Log a failed request instead of printing a traceback to stderr; keep serving."""
+        err = sys.exc_info()[1]
+        if isinstance(err, (ConnectionError, TimeoutError)):
+            log.debug("client %s: %s", client_address, err)
+        else:
+            log.error("error serving %s", client_address, exc_info=True)
 
     @property
     def port(self) -> int:

@@ -1,0 +1,122 @@
+"""Configuration: flags, the YAML file, and every way to get it wrong (exit 2, one line)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from exporter.cli import load_config
+from exporter.config import Config, ConfigError
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "examples" / "config.yml"
+
+
+def test_defaults() -> None:
+    config = load_config([])
+    assert (config.listen_address, config.telemetry_path, config.log_level, config.log_format) == (
+        ":9310",
+        "/metrics",
+        "info",
+        "logfmt",
+    )
+    assert config.listen_host_port == ("", 9310)
+    assert config.filters.port.is_open
+
+
+def test_example_config_loads_and_means_what_it_says() -> None:
+    config = load_config(["--config.file", str(EXAMPLE)])
+    assert config.listen_address == ":9310" and config.netlink_timeout == 5.0
+    assert config.filters.port.allows("tap0") and not config.filters.port.allows("patch-br-int")
+    assert config.filters.vport_type.allows("vxlan")
+
+
+def test_flags_override_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "c.yml"
+    path.write_text("web: {listen_address: '127.0.0.1:1'}\nfilters: {port: {include: 'a.*'}}\n")
+    config = load_config(
+        ["--config.file", str(path), "--web.listen-address", "[::1]:9999", "--collector.port-include", "b.*"]
+    )
+    assert config.listen_host_port == ("::1", 9999)
+    assert config.filters.port.allows("b1") and not config.filters.port.allows("a1")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("webb: {}\n", "webb: unknown key (known keys: web, log, netlink, filters)"),
+        ("web: {listen: ':1'}\n", "web.listen: unknown key"),
+        ("web: [1]\n", "web: must be a mapping, got list"),
+        ("web: {listen_address: 9310}\n", "web.listen_address: must be a string, got int"),
+        ("web: {listen_address: 'nohost'}\n", "web.listen_address: 'nohost' is not host:port"),
+        ("web: {listen_address: ':70000'}\n", "web.listen_address: port 70000 is out of range"),
+        ("web: {telemetry_path: 'metrics'}\n", "web.telemetry_path: must start with /"),
+        ("log: {level: verbose}\n", "log.level: must be one of debug, info, warn, error, got 'verbose'"),
+        ("log: {format: text}\n", "log.format: must be one of logfmt, json"),
+        ("netlink: {timeout_seconds: 'x'}\n", "netlink.timeout_seconds: must be a number, got str"),
+        ("netlink: {timeout_seconds: 0}\n", "netlink.timeout_seconds: must be above 0"),
+        (
+            "filters: {port: {include: '(unclosed'}}\n",
+            "filters.port.include: invalid regular expression '(unclosed'",
+        ),
+        ("filters: {ports: {}}\n", "filters.ports: unknown key (known keys: datapath, port, vport_type)"),
+        ("filters: {port: {only: x}}\n", "filters.port.only: unknown key"),
+        ("- a\n- b\n", "top level: must be a mapping, got list"),
+        ("web: {listen_address: ':1'\n", "invalid YAML at line 2, column 1"),
+    ],
+)
+def test_bad_file_is_one_clear_line(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "bad.yml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config(["--config.file", str(path)])
+    assert message in str(info.value)
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "exporter", *args], capture_output=True, text=True, timeout=60, cwd=ROOT
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--config.file", "/nonexistent/c.yml"], "cannot read config file: No such file or directory"),
+        (["--log.level", "loud"], "argument --log.level: invalid choice: 'loud'"),
+        (["--collector.port-exclude", "[x"], "filters.port.exclude: invalid regular expression"),
+        (["--web.listen-address", "localhost"], "web.listen_address"),
+        (["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
+        (["--netlink.timeout", "abc"], "argument --netlink.timeout: invalid float value"),
+    ],
+)
+def test_bad_config_exits_2_with_one_line(args: list[str], message: str) -> None:
+    result = run_cli(*args)
+    assert result.returncode == 2
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and message in lines[0] and lines[0].startswith("ovs-vport-exporter: error:")
+    assert result.stdout == ""
+
+
+def test_version_and_help() -> None:
+    version = run_cli("--version")
+    assert version.returncode == 0 and version.stdout.startswith("ovs-vport-exporter version ")
+    helptext = run_cli("--help")
+    assert helptext.returncode == 0
+    for flag in (
+        "--web.listen-address",
+        "--web.telemetry-path",
+        "--config.file",
+        "--log.level",
+        "--log.format",
+    ):
+        assert flag in helptext.stdout
+
+
+def test_config_is_frozen() -> None:
+    with pytest.raises(AttributeError):
+        Config().listen_address = ":1"  # type: ignore[misc]

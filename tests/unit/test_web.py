@@ -1,0 +1,244 @@
+"""End to end on loopback: the real HTTP server, the real collector and source, a fake kernel socket."""
+
+from __future__ import annotations
+
+import gzip
+import http.client
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
+from prometheus_client.parser import text_string_to_metric_families as parse_text
+
+from exporter.collector import Collector
+from exporter.config import Filters
+from exporter.exposition import Format
+from exporter.source import KernelSource
+from exporter.web import MetricsServer, accepts_gzip, negotiate_format
+from tests.ovs_messages import FakeDatapath, FakeKernelSocket, FakeVport
+from tests.tools import ROOT, promtool
+
+PROMETHEUS_ACCEPT = (
+    "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,"
+    "text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
+)
+GOLDEN = ROOT / "tests" / "fixtures" / "e2e-output.txt"
+
+
+def golden_datapaths() -> list[FakeDatapath]:
+    return [
+        FakeDatapath(
+            "ovs-system",
+            3,
+            stats=(123456, 789, 12, 40),
+            megaflow=(987654, 6, 55555),
+            vports=[
+                FakeVport(0, "ovs-system", type=2, ifindex=3, stats=(0, 0, 0, 0, 0, 0, 0, 0), upcall=(0, 0)),
+                FakeVport(1, "br-int", type=2, ifindex=4, stats=(10, 20, 1000, 2000, 0, 0, 0, 0), upcall=(3, 0)),
+                FakeVport(2, "tap1a2b3c4d-5e", type=1, ifindex=17, stats=(2**60, 501, 9876543210, 12345, 1, 2, 3, 4), upcall=(700, 12)),
+                FakeVport(3, "genev_sys_6081", type=5, ifindex=9, dst_port=6081, stats=(5, 6, 7, 8, 0, 0, 0, 0), upcall=(1, 1)),
+                FakeVport(4, "vxlan0", type=4, ifindex=10, netnsid=2, dst_port=4789, upcall=(0, 0)),
+                FakeVport(5, "gre_sys", type=3, ifindex=11, upcall=(0, 0)),
+                FakeVport(6, "future0", type=9, ifindex=12, upcall=(0, 0)),
+            ],
+        ),
+        FakeDatapath("dp-legacy", 20, megaflow=None, vports=[FakeVport(0, "dp-legacy", type=2, ifindex=20)]),
+    ]  # fmt: skip
+
+
+class Exporter:
+    def __init__(self, server: MetricsServer, sock: FakeKernelSocket) -> None:
+        self.server, self.sock = server, sock
+
+    def get(self, path: str = "/metrics", method: str = "GET", **headers: str) -> http.client.HTTPResponse:
+        conn = http.client.HTTPConnection("127.0.0.1", self.server.port, timeout=10)
+        conn.request(method, path, headers=headers)
+        return conn.getresponse()
+
+
+@pytest.fixture
+def exporter() -> Iterator[Exporter]:
+    sock = FakeKernelSocket(golden_datapaths())
+    collector = Collector(KernelSource(lambda: sock), Filters(), "0.1.0-test")
+    server = MetricsServer("127.0.0.1", 0, "/metrics", collector, "0.1.0-test")
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield Exporter(server, sock)
+    server.shutdown()
+    server.server_close()
+
+
+def stable(body: str) -> str:
+    """The body without what changes from run to run: runtime metrics and the scrape's duration."""
+    lines = [
+        line
+        for line in body.splitlines(keepends=True)
+        if not re.match(r"(# (HELP|TYPE) )?(process_|python_)", line)
+    ]
+    return re.sub(r"^(ovs_scrape_duration_seconds) \S+$", r"\1 0.001", "".join(lines), flags=re.M)
+
+
+def test_text_format_matches_golden_file(exporter: Exporter) -> None:
+    response = exporter.get()
+    assert response.status == 200
+    assert response.getheader("Content-Type") == "text/plain; version=0.0.4; charset=utf-8"
+    body = stable(response.read().decode())
+    if os.environ.get("UPDATE_GOLDEN"):
+        GOLDEN.write_text(body)
+    assert body == GOLDEN.read_text(), "rerun with UPDATE_GOLDEN=1 and review the diff"
+    families = {f.name for f in parse_text(body)}
+    assert "ovs_vport_receive_packets" in families
+
+
+def test_golden_file_passes_promtool_check_metrics() -> None:
+    result = subprocess.run(
+        [str(promtool()), "check", "metrics"],
+        input=GOLDEN.read_text(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_live_scrape_passes_promtool_check_metrics(exporter: Exporter) -> None:
+    body = exporter.get().read().decode()
+    result = subprocess.run(
+        [str(promtool()), "check", "metrics"], input=body, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_openmetrics_with_gzip_as_prometheus_asks(exporter: Exporter) -> None:
+    response = exporter.get(**{"Accept": PROMETHEUS_ACCEPT, "Accept-Encoding": "gzip"})
+    assert response.status == 200
+    assert response.getheader("Content-Type", "").startswith("application/openmetrics-text; version=1.0.0")
+    assert response.getheader("Content-Encoding") == "gzip"
+    body = gzip.decompress(response.read()).decode()
+    assert body.endswith("# EOF\n")
+    families = {f.name: f for f in parse_openmetrics(body)}
+    rx = families["ovs_vport_receive_packets"]
+    assert rx.type == "counter"
+    assert {s.labels["port"]: s.value for s in rx.samples}["tap1a2b3c4d-5e"] == 2**60
+    assert families["ovs_vport"].type == "info"
+    assert families["ovs_up"].samples[0].value == 1
+
+
+def test_text_and_openmetrics_carry_the_same_samples(exporter: Exporter) -> None:
+    def sample_set(families: object) -> set[tuple[str, tuple[tuple[str, str], ...], float]]:
+        return {
+            (s.name, tuple(sorted(s.labels.items())), s.value)
+            for f in families  # type: ignore[attr-defined]
+            for s in f.samples
+            if s.name.startswith("ovs_") and s.name != "ovs_scrape_duration_seconds"
+        }
+
+    text = sample_set(parse_text(exporter.get().read().decode()))
+    om = sample_set(parse_openmetrics(exporter.get(Accept=PROMETHEUS_ACCEPT).read().decode()))
+    assert text == om and len(text) > 80
+
+
+def test_landing_page_404_405_and_head(exporter: Exporter) -> None:
+    landing = exporter.get("/")
+    assert landing.status == 200 and b'href="/metrics"' in landing.read()
+    missing = exporter.get("/nope")
+    assert missing.status == 404
+    missing.read()
+    post = exporter.get("/metrics", method="POST")
+    assert post.status == 405 and post.getheader("Allow") == "GET, HEAD"
+    post.read()
+    head = exporter.get("/metrics", method="HEAD")
+    assert head.status == 200 and int(head.getheader("Content-Length", "0")) > 0
+    assert exporter.get("/metrics?x=1").status == 200
+
+
+def test_only_get_dumps_reach_the_kernel(exporter: Exporter) -> None:
+    for _ in range(3):
+        exporter.get().read()
+    assert exporter.sock.requests
+    for request in exporter.sock.requests:
+        assert request[4:8] == bytes([request[4], request[5], 0x01, 0x03]), "flags must be REQUEST|DUMP"
+        assert request[16] == 3, "command must be GET"
+
+
+def test_concurrent_scrapes_all_succeed(exporter: Exporter) -> None:
+    results: list[int] = []
+
+    def scrape() -> None:
+        response = exporter.get()
+        response.read()
+        results.append(response.status)
+
+    threads = [threading.Thread(target=scrape) for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert results == [200] * 16
+
+
+@pytest.mark.parametrize(
+    ("accept", "fmt"),
+    [
+        (None, Format.TEXT),
+        ("text/plain", Format.TEXT),
+        (PROMETHEUS_ACCEPT, Format.OPENMETRICS),
+        ("application/openmetrics-text; version=1.0.0", Format.OPENMETRICS),
+        ("application/openmetrics-text;q=0,text/plain", Format.TEXT),
+    ],
+)
+def test_negotiate_format(accept: str | None, fmt: Format) -> None:
+    assert negotiate_format(accept) is fmt
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [(None, False), ("gzip", True), ("deflate, gzip;q=1.0", True), ("gzip;q=0", False), ("identity", False)],
+)
+def test_accepts_gzip(value: str | None, expected: bool) -> None:
+    assert accepts_gzip(value) is expected
+
+
+def test_real_cli_without_openvswitch_module_serves_up_zero() -> None:
+    """On a host without the module (like CI's): start, serve ovs_up 0, log why once."""
+    if Path("/sys/module/openvswitch").exists():
+        pytest.skip("this host has the openvswitch module loaded")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "exporter", "--web.listen-address", "127.0.0.1:0", "--log.level", "info"],
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    try:
+        assert proc.stderr is not None
+        line = proc.stderr.readline()
+        port = _port_of(line)
+        bodies = []
+        for _ in range(3):
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            conn.request("GET", "/metrics")
+            bodies.append(conn.getresponse().read().decode())
+        assert all("\novs_up 0\n" in b for b in bodies)
+        assert "\novs_scrape_errors_total 3\n" in bodies[-1]
+        started = time.monotonic()
+        proc.terminate()
+        assert proc.wait(timeout=5) == 0
+        assert time.monotonic() - started < 5
+        log = proc.stderr.read()
+        assert log.count("openvswitch kernel module") == 1, log
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def _port_of(log_line: str) -> int:
+    match = re.search(r"listening on \S+:(\d+)", log_line)
+    assert match, log_line
+    return int(match.group(1))

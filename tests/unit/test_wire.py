@@ -1,0 +1,221 @@
+"""Decoding of kernel-layout messages: every attribute, and every way a reply can be wrong."""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+
+import pytest
+
+from exporter import wire
+from tests.ovs_messages import (
+    NLA_F_NESTED,
+    VPORT_FAMILY_ID,
+    FakeDatapath,
+    FakeVport,
+    datapath_message,
+    done,
+    genl_ovs,
+    nla,
+    nlmsg,
+    nlmsg_error,
+    vport_message,
+)
+
+
+def decode_one_vport(message: bytes) -> wire.Vport:
+    (msg,) = list(wire.iter_messages(message))
+    return wire.decode_vport(message, msg)
+
+
+def raw_vport(attrs: bytes, dp_ifindex: int = 7) -> bytes:
+    return nlmsg(VPORT_FAMILY_ID, 2, 1, genl_ovs(1, 1, dp_ifindex, attrs))
+
+
+def test_vport_every_attribute_in_kernel_order() -> None:
+    v = FakeVport(
+        port_no=3,
+        name="vxlan_sys_4789",
+        type=4,
+        ifindex=12,
+        netnsid=5,
+        stats=(1, 2, 3, 4, 5, 6, 7, 8),
+        upcall=(40, 2),
+        dst_port=4789,
+        upcall_pids=(100, 101),
+    )
+    vport = decode_one_vport(vport_message(1, 7, v))
+    assert vport == wire.Vport(
+        dp_ifindex=7,
+        port_no=3,
+        type=4,
+        name="vxlan_sys_4789",
+        ifindex=12,
+        netnsid=5,
+        stats=wire.VportStats(1, 2, 3, 4, 5, 6, 7, 8),
+        upcall_stats=wire.UpcallStats(success=40, fail=2),
+        dst_port=4789,
+    )
+    assert vport.type_name == "vxlan"
+
+
+def test_upcall_stats_numbering_starts_at_zero() -> None:
+    # SUCCESS is attribute 0: a decoder that skips type 0 as "unspec" loses it.
+    inner = nla(0, struct.pack("=Q", 123)) + nla(1, struct.pack("=Q", 4))
+    attrs = (
+        nla(1, struct.pack("=I", 1))
+        + nla(2, struct.pack("=I", 1))
+        + nla(3, b"p1\0")
+        + nla(10 | NLA_F_NESTED, inner)
+    )
+    vport = decode_one_vport(raw_vport(attrs))
+    assert vport.upcall_stats == wire.UpcallStats(success=123, fail=4)
+
+
+def test_missing_optional_attributes_are_none_not_zero() -> None:
+    v = FakeVport(port_no=0, name="dp0", type=2, stats=None)
+    vport = decode_one_vport(vport_message(1, 7, v))
+    assert (vport.ifindex, vport.netnsid, vport.stats, vport.upcall_stats, vport.dst_port) == (
+        None,
+        None,
+        None,
+        None,
+        None,
+    )
+
+
+def test_unknown_attributes_and_types_are_tolerated() -> None:
+    unknown = nla(42, b"\x01\x02\x03") + nla(77 | NLA_F_NESTED, nla(1, b"xxxx"))
+    v = FakeVport(port_no=9, name="new0", type=11, ifindex=3, extra_attrs=unknown)
+    vport = decode_one_vport(vport_message(1, 7, v))
+    assert vport.type == 11 and vport.type_name == "11" and vport.name == "new0"
+
+
+def test_attribute_order_does_not_matter() -> None:
+    attrs = (
+        nla(6, struct.pack("=8Q", *range(8)))
+        + nla(3, b"late\0")
+        + nla(8, struct.pack("=I", 4))
+        + nla(2, struct.pack("=I", 1))
+        + nla(1, struct.pack("=I", 2))
+    )
+    vport = decode_one_vport(raw_vport(attrs))
+    assert (vport.name, vport.port_no, vport.ifindex, vport.stats) == (
+        "late",
+        2,
+        4,
+        wire.VportStats(*range(8)),
+    )
+
+
+def test_dst_port_as_u32_is_accepted() -> None:
+    attrs = (
+        nla(1, struct.pack("=I", 2))
+        + nla(2, struct.pack("=I", 5))
+        + nla(3, b"gnv\0")
+        + nla(4 | NLA_F_NESTED, nla(1, struct.pack("=I", 6081)))
+    )
+    assert decode_one_vport(raw_vport(attrs)).dst_port == 6081
+
+
+def test_name_decoding_never_fails() -> None:
+    attrs = nla(1, struct.pack("=I", 2)) + nla(2, struct.pack("=I", 1)) + nla(3, b"bad\xff\0")
+    assert decode_one_vport(raw_vport(attrs)).name == "bad\\xff"
+
+
+def test_datapath_with_stats_and_megaflow_stats() -> None:
+    dp = FakeDatapath("ovs-system", 4, stats=(10, 2, 1, 5), megaflow=(30, 3, 7))
+    buf = datapath_message(1, dp)
+    (msg,) = wire.iter_messages(buf)
+    assert wire.decode_datapath(buf, msg) == wire.Datapath(
+        4, "ovs-system", wire.DatapathStats(10, 2, 1, 5), wire.MegaflowStats(30, 3, 7)
+    )
+
+
+def test_datapath_without_megaflow_stats() -> None:
+    dp = FakeDatapath("dp1", 5, megaflow=None)
+    buf = datapath_message(1, dp)
+    (msg,) = wire.iter_messages(buf)
+    assert wire.decode_datapath(buf, msg).megaflow_stats is None
+
+
+def test_datagram_with_many_messages_and_done() -> None:
+    seq = 5
+    buf = b"".join(vport_message(seq, 7, FakeVport(i, f"p{i}")) for i in range(3)) + done(seq)
+    messages = list(wire.iter_messages(buf))
+    assert [m.type for m in messages] == [VPORT_FAMILY_ID] * 3 + [wire.NLMSG_DONE]
+    assert [wire.decode_vport(buf, m).name for m in messages[:3]] == ["p0", "p1", "p2"]
+    assert wire.error_code(buf, messages[3]) == 0
+
+
+def test_error_codes_are_positive_errnos() -> None:
+    buf = nlmsg_error(1, 19)
+    (msg,) = wire.iter_messages(buf)
+    assert wire.error_code(buf, msg) == 19
+
+
+@pytest.mark.parametrize(
+    ("mangle", "expected"),
+    [
+        (lambda b: b[:10], "truncated netlink header"),
+        (lambda b: b[:-8], "claims"),
+        (lambda b: struct.pack("=I", 8) + b[4:], "claims 8 bytes"),
+    ],
+    ids=["short-header", "short-body", "length-below-header"],
+)
+def test_truncated_messages_raise_decode_error(mangle: Callable[[bytes], bytes], expected: str) -> None:
+    bad = mangle(vport_message(1, 7, FakeVport(1, "p1", ifindex=3)))
+    with pytest.raises(wire.DecodeError, match=expected):
+        for msg in wire.iter_messages(bad):
+            wire.decode_vport(bad, msg)
+
+
+def test_message_without_genl_header_raises_decode_error() -> None:
+    bad = nlmsg(VPORT_FAMILY_ID, 2, 1, b"\x01")
+    (msg,) = wire.iter_messages(bad)
+    with pytest.raises(wire.DecodeError, match=r"shorter than its 24-byte headers"):
+        wire.decode_vport(bad, msg)
+
+
+@pytest.mark.parametrize(
+    ("attrs", "expected"),
+    [
+        (nla(1, b"\x01\x00"), "PORT_NO attribute 1 .*want 4 bytes, got 2"),
+        (nla(1, struct.pack("=I", 1)) + nla(2, struct.pack("=I", 1)) + nla(3, b"x\0") + nla(6, b"\0" * 56),
+         "STATS attribute 6 .*want 64 bytes, got 56"),
+        (nla(1, struct.pack("=I", 1)) + nla(2, struct.pack("=I", 1)), "lacks NAME"),
+        (nla(3, b"x\0"), "lacks PORT_NO, TYPE"),
+        (nla(1, struct.pack("=I", 1)) + struct.pack("=HH", 200, 3) + b"xx\0\0", "claims 200 bytes"),
+        (nla(1, struct.pack("=I", 1)) + struct.pack("=HH", 2, 3), "claims 2 bytes"),
+        (nla(1, struct.pack("=I", 1)) + nla(2, struct.pack("=I", 1)) + nla(3, b"x\0")
+         + nla(10 | NLA_F_NESTED, nla(0, struct.pack("=Q", 1))), "lacks its SUCCESS or FAIL"),
+        (nla(1, struct.pack("=I", 1)) + nla(2, struct.pack("=I", 1)) + nla(3, b"x\0")
+         + nla(10 | NLA_F_NESTED, nla(0, b"\0" * 4) + nla(1, b"\0" * 8)), "want 8 bytes, got 4"),
+        (nla(1, struct.pack("=I", 1)) + nla(2, struct.pack("=I", 1)) + nla(3, b"x\0")
+         + nla(4 | NLA_F_NESTED, nla(1, b"\0")), "DST_PORT .*got 1"),
+        (nla(1, struct.pack("=I", 1)) + b"\x05\x00", "trailing bytes"),
+    ],
+    ids=[
+        "short-port-no", "short-stats", "no-name", "no-port-no-type", "attr-overruns",
+        "attr-len-below-header", "upcall-missing-fail", "upcall-short", "dst-port-width", "trailing",
+    ],
+)  # fmt: skip
+def test_malformed_vport_attributes_raise_decode_error(attrs: bytes, expected: str) -> None:
+    with pytest.raises(wire.DecodeError, match=expected):
+        decode_one_vport(raw_vport(attrs))
+
+
+def test_malformed_datapath_raises_decode_error() -> None:
+    buf = nlmsg(0x1A, 2, 1, genl_ovs(1, 2, 3, nla(3, b"\0" * 16)))
+    (msg,) = wire.iter_messages(buf)
+    with pytest.raises(wire.DecodeError, match=r"STATS attribute 3 .*want 32 bytes, got 16"):
+        wire.decode_datapath(buf, msg)
+    buf = nlmsg(0x1A, 2, 1, genl_ovs(1, 2, 3, nla(3, b"\0" * 32)))
+    (msg,) = wire.iter_messages(buf)
+    with pytest.raises(wire.DecodeError, match=r"no NAME"):
+        wire.decode_datapath(buf, msg)
+
+
+def test_get_dump_request_layout() -> None:
+    request = wire.encode_get_dump(0x1B, 1, seq=9, dp_ifindex=42)
+    assert request == struct.pack("=IHHII", 24, 0x1B, 0x301, 9, 0) + struct.pack("=BBHi", 3, 1, 0, 42)
