@@ -33,6 +33,15 @@ _FILTER_FLAGS = [
 ]
 
 
+# Config key -> the flag that sets it, so an error in a flag's value names the flag.
+_FLAG_OF_KEY = {
+    "web.listen_address": "--web.listen-address",
+    "web.telemetry_path": "--web.telemetry-path",
+    "netlink.timeout_seconds": "--netlink.timeout",
+    **{f"filters.{subject}.{rule}": flag for flag, subject, rule in _FILTER_FLAGS},
+}
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         # One line, not argparse's usage block: the same shape as every config error.
@@ -117,11 +126,16 @@ def load_config(argv: Sequence[str]) -> Config:
                     flag_settings["filters"].setdefault(subject, {})[rule] = value
         else:
             flag_settings[key] = value
+    if config_file is not None:
+        try:
+            build(file_settings, {})  # the file alone, so its errors name the file
+        except ConfigError as err:
+            raise ConfigError(f"config file {config_file}: {err}") from None
     try:
         return build(file_settings, flag_settings)
     except ConfigError as err:
-        where = f"config file {config_file} or flags" if config_file else "flags"
-        raise ConfigError(f"{where}: {err}") from None
+        key = str(err).split(":", 1)[0]
+        raise ConfigError(f"flag {_FLAG_OF_KEY.get(key, key)}: {str(err).split(': ', 1)[-1]}") from None
 
 
 def _stop(signum: int, frame: FrameType | None) -> NoReturn:

@@ -88,8 +88,8 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     [
         (["--config.file", "/nonexistent/c.yml"], "cannot read config file: No such file or directory"),
         (["--log.level", "loud"], "argument --log.level: invalid choice: 'loud'"),
-        (["--collector.port-exclude", "[x"], "filters.port.exclude: invalid regular expression"),
-        (["--web.listen-address", "localhost"], "web.listen_address"),
+        (["--collector.port-exclude", "[x"], "flag --collector.port-exclude: invalid regular expression"),
+        (["--web.listen-address", "localhost"], "flag --web.listen-address: 'localhost' is not host:port"),
         (["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
         (["--netlink.timeout", "abc"], "argument --netlink.timeout: invalid float value"),
     ],

