@@ -15,7 +15,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, NoReturn
 
-from exporter import __version__, logs
+from exporter import __version__, logs, webconfig
 from exporter.collector import Collector
 from exporter.config import LOG_FORMATS, LOG_LEVELS, Config, ConfigError, build, load_file
 from exporter.source import KernelSource, NetlinkKernelSocket
@@ -66,6 +66,12 @@ def _parser() -> argparse.ArgumentParser:
         dest="listen_address",
         metavar="ADDR",
         help="Address to listen on (default :9310, every address).",
+    )
+    p.add_argument(
+        "--web.config.file",
+        dest="web_config_file",
+        metavar="PATH",
+        help="exporter-toolkit web configuration: TLS and basic auth (see SECURITY.md).",
     )
     p.add_argument(
         "--web.telemetry-path",
@@ -148,21 +154,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return EXIT_CONFIG
+    web_config = None
+    if config.web_config_file is not None:
+        try:
+            web_config = webconfig.load(Path(config.web_config_file))
+        except ConfigError as err:
+            print(f"{PROG}: error: web config file {config.web_config_file}: {err}", file=sys.stderr)
+            return EXIT_CONFIG
     logs.setup(config.log_level, config.log_format)
 
     source = KernelSource(lambda: NetlinkKernelSocket(config.netlink_timeout))
     collector = Collector(source, config.filters, __version__)
     host, port = config.listen_host_port
     try:
-        server = MetricsServer(host, port, config.telemetry_path, collector, __version__)
+        server = MetricsServer(host, port, config.telemetry_path, collector, __version__, web_config)
     except OSError as err:
         log.error("cannot listen on %s: %s", config.listen_address, err.strerror or err)
         return 1
     signal.signal(signal.SIGTERM, _stop)
+    scheme = "https" if web_config is not None and web_config.ssl_context is not None else "http"
     bound_host, bound_port = server.server_address[:2]
     shown_host = f"[{bound_host!s}]" if ":" in str(bound_host) else str(bound_host)
     log.info(
-        "listening on %s:%d, metrics at %s (version %s)",
+        "listening on %s://%s:%d, metrics at %s (version %s)",
+        scheme,
         shown_host,
         bound_port,
         config.telemetry_path,

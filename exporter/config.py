@@ -59,6 +59,7 @@ class Config:
     log_format: str = "logfmt"
     netlink_timeout: float = 5.0
     filters: Filters = field(default_factory=Filters)
+    web_config_file: str | None = None  # exporter-toolkit web config, flag only (as in node_exporter)
 
     @property
     def listen_host_port(self) -> tuple[str, int]:

@@ -13,12 +13,14 @@ import gzip
 import html
 import logging
 import socket
+import ssl
 import sys
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Protocol
 
 from exporter.exposition import Format
+from exporter.webconfig import WebConfig
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +70,14 @@ def landing_page(telemetry_path: str, version: str) -> bytes:
 class _Handler(BaseHTTPRequestHandler):
     server: MetricsServer
     protocol_version = "HTTP/1.1"
-    timeout = REQUEST_TIMEOUT
+
+    def setup(self) -> None:
+        # Every read and write, the TLS handshake included, gives up after the timeout:
+        # a client that connects and sends nothing only ever holds its own thread.
+        super().setup()
+        self.connection.settimeout(self.server.request_timeout)
+        if isinstance(self.connection, ssl.SSLSocket):
+            self.connection.do_handshake()
 
     def do_GET(self) -> None:
         self._serve(head=False)
@@ -88,6 +97,15 @@ class _Handler(BaseHTTPRequestHandler):
     do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _refuse_method  # noqa: N815
 
     def _serve(self, head: bool) -> None:
+        if not self.server.web_config.authorized(self.headers.get("Authorization")):
+            self._send(
+                HTTPStatus.UNAUTHORIZED,
+                b"Unauthorized.\n",
+                "text/plain; charset=utf-8",
+                head,
+                extra={"WWW-Authenticate": 'Basic realm="ovs-vport-exporter", charset="UTF-8"'},
+            )
+            return
         path = self.path.split("?", 1)[0]
         if path == self.server.telemetry_path:
             fmt = negotiate_format(self.headers.get("Accept"))
@@ -121,7 +139,7 @@ class _Handler(BaseHTTPRequestHandler):
         if compress:
             self.send_header("Content-Encoding", "gzip")
         self.send_header("Vary", "Accept, Accept-Encoding")
-        for name, value in (extra or {}).items():
+        for name, value in {**self.server.web_config.headers, **(extra or {})}.items():
             self.send_header(name, value)
         self.end_headers()
         if not head:
@@ -138,7 +156,18 @@ class MetricsServer(ThreadingHTTPServer):
     block_on_close = False
     request_queue_size = 64
 
-    def __init__(self, host: str, port: int, telemetry_path: str, scraper: Scraper, version: str) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        telemetry_path: str,
+        scraper: Scraper,
+        version: str,
+        web_config: WebConfig | None = None,
+        request_timeout: float = REQUEST_TIMEOUT,
+    ) -> None:
+        self.web_config = web_config or WebConfig()
+        self.request_timeout = request_timeout
         self.telemetry_path = telemetry_path
         self.scraper = scraper
         self.landing = landing_page(telemetry_path, version)
@@ -150,6 +179,12 @@ class MetricsServer(ThreadingHTTPServer):
                 # ":port" means every address, IPv4 included, as in Go exporters.
                 self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
             self.server_bind()
+            if self.web_config.ssl_context is not None:
+                # The handshake happens in the connection's own thread (see _Handler.setup),
+                # so a slow or silent client never holds up accept().
+                self.socket = self.web_config.ssl_context.wrap_socket(
+                    self.socket, server_side=True, do_handshake_on_connect=False
+                )
             self.server_activate()
         except BaseException:
             self.server_close()
@@ -158,7 +193,7 @@ class MetricsServer(ThreadingHTTPServer):
     def handle_error(self, request: object, client_address: object) -> None:
         """Log a failed request instead of printing a traceback to stderr; keep serving."""
         err = sys.exc_info()[1]
-        if isinstance(err, (ConnectionError, TimeoutError)):
+        if isinstance(err, (ConnectionError, TimeoutError, ssl.SSLError)):
             log.debug("client %s: %s", client_address, err)
         else:
             log.error("error serving %s", client_address, exc_info=True)
