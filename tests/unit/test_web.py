@@ -230,7 +230,7 @@ def test_real_cli_without_openvswitch_module_serves_up_zero() -> None:
         started = time.monotonic()
         proc.terminate()
         assert proc.wait(timeout=5) == 0
-        assert time.monotonic() - started < 5
+        assert time.monotonic() - started < 1.0, "SIGTERM stops it within a second"
         log = proc.stderr.read()
         assert log.count("openvswitch kernel module") == 1, log
     finally:
