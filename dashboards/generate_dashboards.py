@@ -1,0 +1,762 @@
+"""Generate the Grafana dashboards of ovs-vport-exporter with grafana-foundation-sdk.
+
+Writes ``dashboards/ovs-overview.json`` (every host and datapath: top ports,
+drops, errors, upcalls, datapath flow-table statistics, exporter health) and
+``dashboards/ovs-port.json`` (one port in detail). Both are committed; run this
+script after changing it or ``alerts/config.yml`` (``--check`` only reports
+whether the committed files are current).
+
+The overview reads the recording rules of ``alerts/ovs-vport-exporter.rules.yml``
+(``ovs:*`` series), so it stays cheap with thousands of ports; the per-port
+dashboard reads the raw counters of one port at full resolution.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+from grafana_foundation_sdk.builders import dashboard as dash
+from grafana_foundation_sdk.builders import prometheus, stat, table, timeseries
+from grafana_foundation_sdk.builders.common import GraphThresholdsStyleConfig, VizLegendOptions
+from grafana_foundation_sdk.cog.builder import Builder
+from grafana_foundation_sdk.cog.encoder import JSONEncoder
+from grafana_foundation_sdk.cog.variants import Dataquery
+from grafana_foundation_sdk.models.common import (
+    GraphThresholdsStyleMode,
+    LegendDisplayMode,
+    LegendPlacement,
+)
+from grafana_foundation_sdk.models.dashboard import (
+    DashboardCursorSync,
+    DashboardLinkType,
+    DataSourceRef,
+    DataTransformerConfig,
+    Threshold,
+    ThresholdsMode,
+    VariableRefresh,
+    VariableSort,
+)
+from grafana_foundation_sdk.models.prometheus import PromQueryFormat
+
+HERE = Path(__file__).resolve().parent
+CONFIG_PATH = HERE.parent / "alerts" / "config.yml"
+OVERVIEW_UID = "ovs-overview"
+PORT_UID = "ovs-port"
+TAGS = ["ovs-vport-exporter"]
+# How many ports the "top ports" panels show.
+TOP_N = 10
+
+DATASOURCE = DataSourceRef(type_val="prometheus", uid="${datasource}")
+NO_UPCALL_STATS = "no upcall stats (kernel < 6.2)"
+
+# Link from any per-port series to the drill-down, keeping time range and data source.
+PORT_LINK_URL = (
+    f"/d/{PORT_UID}/ovs-port?var-datasource=${{datasource}}&var-instance=${{__field.labels.instance}}"
+    "&var-datapath=${__field.labels.datapath}&var-port=${__field.labels.port}&${__url_time_range}"
+)
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """What the dashboards draw as threshold lines: the alerts' thresholds."""
+
+    job_selector: str
+    drop_ratio: float
+    error_ratio: float
+    upcall_failure_ratio: float
+    scrape_seconds: float
+
+
+def load_thresholds(path: Path = CONFIG_PATH) -> Thresholds:
+    raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path} is not a mapping")
+    return Thresholds(
+        job_selector=str(raw["job_selector"]),
+        drop_ratio=float(raw["drop_ratio"]["threshold"]),
+        error_ratio=float(raw["error_ratio"]["threshold"]),
+        upcall_failure_ratio=float(raw["upcall_failure_ratio"]["threshold"]),
+        scrape_seconds=float(raw["scrape_slow"]["threshold_seconds"]),
+    )
+
+
+class PanelIds:
+    """Hands out unique panel ids in layout order."""
+
+    def __init__(self) -> None:
+        self._next = 0
+
+    def __call__(self) -> int:
+        self._next += 1
+        return self._next
+
+
+@dataclass(frozen=True)
+class Query:
+    expr: str
+    legend: str
+
+
+def _targets(queries: Sequence[Query], *, instant: bool = False) -> list[Builder[Dataquery]]:
+    targets: list[Builder[Dataquery]] = []
+    for index, query in enumerate(queries):
+        target = (
+            prometheus.Dataquery()
+            .datasource(DATASOURCE)
+            .expr(query.expr)
+            .legend_format(query.legend)
+            .ref_id(chr(ord("A") + index))
+        )
+        if instant:
+            target = target.instant().format(PromQueryFormat.TABLE)
+        targets.append(target)
+    return targets
+
+
+def _threshold_steps(limit: float | None) -> dash.ThresholdsConfig:
+    steps = [Threshold(value=None, color="green")]
+    if limit is not None:
+        steps.append(Threshold(value=limit, color="red"))
+    return dash.ThresholdsConfig().mode(ThresholdsMode.ABSOLUTE).steps(steps)
+
+
+def graph(
+    ids: PanelIds,
+    title: str,
+    unit: str,
+    queries: Sequence[Query],
+    *,
+    description: str,
+    width: int = 12,
+    height: int = 8,
+    limit: float | None = None,
+    port_links: bool = False,
+    no_value: str | None = None,
+) -> timeseries.Panel:
+    """A time series panel; ``limit`` draws the alert threshold as a red line."""
+    panel = (
+        timeseries.Panel()
+        .id(ids())
+        .title(title)
+        .description(description)
+        .datasource(DATASOURCE)
+        .unit(unit)
+        .min(0)
+        .span(width)
+        .height(height)
+        .targets(_targets(queries))
+        .fill_opacity(10)
+        .legend(
+            VizLegendOptions()
+            .show_legend(True)
+            .display_mode(LegendDisplayMode.TABLE)
+            .placement(LegendPlacement.RIGHT if width > 12 else LegendPlacement.BOTTOM)
+            .calcs(["mean", "max", "lastNotNull"])
+            .sort_by("Max")
+            .sort_desc(True)
+        )
+        .thresholds(_threshold_steps(limit))
+    )
+    if limit is not None:
+        panel = panel.thresholds_style(GraphThresholdsStyleConfig().mode(GraphThresholdsStyleMode.LINE))
+    if port_links:
+        panel = panel.data_links([dash.DashboardLink("Open this port").url(PORT_LINK_URL)])
+    if no_value is not None:
+        panel = panel.no_value(no_value)
+    return panel
+
+
+def big_number(
+    ids: PanelIds,
+    title: str,
+    unit: str,
+    queries: Sequence[Query],
+    *,
+    description: str,
+    width: int = 6,
+    height: int = 8,
+    steps: list[Threshold],
+) -> stat.Panel:
+    """A stat panel showing the last value of each series."""
+    return (
+        stat.Panel()
+        .id(ids())
+        .title(title)
+        .description(description)
+        .datasource(DATASOURCE)
+        .unit(unit)
+        .span(width)
+        .height(height)
+        .targets(_targets(queries))
+        .thresholds(dash.ThresholdsConfig().mode(ThresholdsMode.ABSOLUTE).steps(steps))
+    )
+
+
+def _datasource_variable() -> dash.DatasourceVariable:
+    return dash.DatasourceVariable("datasource").label("Data source").type("prometheus")
+
+
+def _query_variable(name: str, label: str, query: str, *, multi: bool) -> dash.QueryVariable:
+    variable = (
+        dash.QueryVariable(name)
+        .label(label)
+        .datasource(DATASOURCE)
+        .query(query)
+        .refresh(VariableRefresh.ON_TIME_RANGE_CHANGED)
+        .sort(VariableSort.ALPHABETICAL_ASC)
+    )
+    if multi:
+        # ".*" rather than a list of every value keeps queries short at thousands of ports.
+        variable = variable.multi(True).include_all(True).all_value(".*")
+    return variable
+
+
+def _dashboards_link() -> dash.DashboardLink:
+    return (
+        dash.DashboardLink("OVS dashboards")
+        .type(DashboardLinkType.DASHBOARDS)
+        .tags(TAGS)
+        .as_dropdown(False)
+        .include_vars(True)
+        .keep_time(True)
+    )
+
+
+def _base(uid: str, title: str, description: str) -> dash.Dashboard:
+    return (
+        dash.Dashboard(title)
+        .uid(uid)
+        .description(description)
+        .tags(TAGS)
+        .editable()
+        .tooltip(DashboardCursorSync.CROSSHAIR)
+        .time("now-3h", "now")
+        .refresh("1m")
+        .timezone("browser")
+        .link(_dashboards_link())
+    )
+
+
+def overview(limits: Thresholds) -> dash.Dashboard:
+    """Every selected host and datapath; per-port panels show the top ports."""
+    ids = PanelIds()
+    inst = 'instance=~"$instance"'
+    dp = f'{inst}, datapath=~"$datapath"'
+    port = f'{dp}, port=~"$port"'
+    job = f"{limits.job_selector}, {inst}"
+    where = "{{instance}} {{datapath}}"
+    who = "{{instance}} {{datapath}} {{port}}"
+
+    def top(metric: str) -> str:
+        return f"topk({TOP_N}, {metric}{{{port}}})"
+
+    board = (
+        _base(
+            OVERVIEW_UID,
+            "OVS kernel datapath / Overview",
+            "Open vSwitch kernel datapaths and their busiest or most troubled ports, "
+            "from ovs-vport-exporter. Per-port panels show the top ports; "
+            "click a series to open it in the per-port dashboard.",
+        )
+        .with_variable(_datasource_variable())
+        .with_variable(_query_variable("instance", "Instance", "label_values(ovs_up, instance)", multi=True))
+        .with_variable(
+            _query_variable(
+                "datapath", "Datapath", f"label_values(ovs_datapath_flows{{{inst}}}, datapath)", multi=True
+            )
+        )
+        .with_variable(
+            _query_variable("port", "Port", f"label_values(ovs_vport_info{{{dp}}}, port)", multi=True)
+        )
+    )
+
+    board = board.with_row(dash.Row("Exporter health").id(ids()))
+    up_steps = [Threshold(value=None, color="red"), Threshold(value=1, color="green")]
+    board = board.with_panel(
+        big_number(
+            ids,
+            "Datapath readable (ovs_up)",
+            "none",
+            [Query(f"min by (instance) (ovs_up{{{inst}}})", "{{instance}}")],
+            description="1 when the exporter resolved the OVS generic netlink families "
+            "and every dump completed.",
+            steps=up_steps,
+        )
+    )
+    board = board.with_panel(
+        big_number(
+            ids,
+            "Exporter target up",
+            "none",
+            [Query(f"up{{{job}}}", "{{instance}}")],
+            description=f"Prometheus' `up` for the exporter's scrape target ({limits.job_selector}).",
+            steps=up_steps,
+        )
+    )
+    board = board.with_panel(
+        graph(
+            ids,
+            "Scrape duration",
+            "s",
+            [Query(f"ovs_scrape_duration_seconds{{{inst}}}", "{{instance}}")],
+            description="Time each scrape spent reading the kernel and writing the exposition. "
+            "The red line is the OvsVportExporterScrapeSlow threshold.",
+            limit=limits.scrape_seconds,
+        )
+    )
+    board = board.with_panel(
+        graph(
+            ids,
+            "Failed scrapes",
+            "short",
+            [Query(f"increase(ovs_scrape_errors_total{{{inst}}}[$__rate_interval])", "{{instance}}")],
+            description="Scrapes whose kernel read failed (ovs_up 0), per interval.",
+            width=8,
+        )
+    )
+    board = board.with_panel(
+        graph(
+            ids,
+            "Exporter memory",
+            "bytes",
+            [Query(f"process_resident_memory_bytes{{{job}}}", "{{instance}}")],
+            description="Resident memory of the exporter process.",
+            width=8,
+        )
+    )
+    board = board.with_panel(
+        graph(
+            ids,
+            "Exporter CPU",
+            "percentunit",
+            [Query(f"rate(process_cpu_seconds_total{{{job}}}[$__rate_interval])", "{{instance}}")],
+            description="CPU time of the exporter process, as a share of one core.",
+            width=8,
+        )
+    )
+
+    board = board.with_row(dash.Row("Datapaths").id(ids()))
+    lookups = f"(ovs:datapath_lookup_hits:rate5m{{{dp}}} + ovs:datapath_lookup_misses:rate5m{{{dp}}})"
+    board = board.with_panel(
+        graph(
+            ids,
+            "Flow table lookups",
+            "pps",
+            [
+                Query(f"ovs:datapath_lookup_hits:rate5m{{{dp}}}", f"{where} hit"),
+                Query(f"ovs:datapath_lookup_misses:rate5m{{{dp}}}", f"{where} missed"),
+                Query(f"ovs:datapath_lookup_lost:rate5m{{{dp}}}", f"{where} lost"),
+            ],
+            description="Packets that matched a flow (hit), were sent to userspace as upcalls (missed), "
+            "or missed and could not be queued to userspace (lost, a subset of missed).",
+        )
+    )
+    board = board.with_panel(
+        graph(
+            ids,
+            "Flow table hit ratio",
+            "percentunit",
+            [Query(f"ovs:datapath_lookup_hits:rate5m{{{dp}}} / ({lookups} > 0)", where)],
+            description="Share of packets that matched an installed flow.",
+        )
+    )
+    board = board.with_panel(
+        graph(
+            ids,
+            "Flows",
+            "short",
+            [Query(f"ovs_datapath_flows{{{dp}}}", where)],
+            description="Flows installed in the datapath.",
+            width=8,
+        )
+    )
+    board = board.with_panel(
+        graph(
+            ids,
+            "Masks",
+            "short",
+            [Query(f"ovs_datapath_masks{{{dp}}}", where)],
+            description="Megaflow masks: each lookup may probe every mask.",
+            width=8,
+        )
+    )
+    board = board.with_panel(
+        graph(
+            ids,
+            "Masks probed per packet and mask cache hits",
+            "short",
+            [
+                Query(f"ovs:datapath_mask_hits:rate5m{{{dp}}} / ({lookups} > 0)", f"{where} masks/packet"),
+                Query(
+                    f"ovs:datapath_mask_cache_hits:rate5m{{{dp}}} / ({lookups} > 0)",
+                    f"{where} cache hits/packet",
+                ),
+            ],
+            description="Masks probed per packet looked up (as ovs-dpctl show's 'hit/pkt'), and the share of "
+            "lookups answered by the mask cache.",
+            width=8,
+        )
+    )
+    board = board.with_panel(
+        graph(
+            ids,
+            "Datapath traffic",
+            "pps",
+            [
+                Query(f"ovs:datapath_receive_packets:rate5m{{{dp}}}", f"{where} received"),
+                Query(f"ovs:datapath_transmit_packets:rate5m{{{dp}}}", f"{where} transmitted"),
+            ],
+            description="Packets per second summed over the datapath's ports.",
+            width=8,
+        )
+    )
+    board = board.with_panel(
+        graph(
+            ids,
+            "Datapath throughput",
+            "Bps",
+            [
+                Query(f"ovs:datapath_receive_bytes:rate5m{{{dp}}}", f"{where} received"),
+                Query(f"ovs:datapath_transmit_bytes:rate5m{{{dp}}}", f"{where} transmitted"),
+            ],
+            description="Bytes per second summed over the datapath's ports.",
+            width=8,
+        )
+    )
+    board = board.with_panel(
+        graph(
+            ids,
+            "Datapath drops, errors and failed upcalls",
+            "pps",
+            [
+                Query(f"ovs:datapath_receive_dropped:rate5m{{{dp}}}", f"{where} receive dropped"),
+                Query(f"ovs:datapath_transmit_dropped:rate5m{{{dp}}}", f"{where} transmit dropped"),
+                Query(f"ovs:datapath_receive_errors:rate5m{{{dp}}}", f"{where} receive errors"),
+                Query(f"ovs:datapath_transmit_errors:rate5m{{{dp}}}", f"{where} transmit errors"),
+                Query(f"ovs:datapath_upcall_failures:rate5m{{{dp}}}", f"{where} failed upcalls"),
+            ],
+            description="Summed over the datapath's ports. Failed upcalls need kernel 6.2 or later.",
+            width=8,
+        )
+    )
+
+    board = board.with_row(dash.Row(f"Top {TOP_N} ports by traffic").id(ids()))
+    for title, metric, unit in (
+        ("Received packets", "ovs:vport_receive_packets:rate5m", "pps"),
+        ("Transmitted packets", "ovs:vport_transmit_packets:rate5m", "pps"),
+        ("Received bytes", "ovs:vport_receive_bytes:rate5m", "Bps"),
+        ("Transmitted bytes", "ovs:vport_transmit_bytes:rate5m", "Bps"),
+    ):
+        board = board.with_panel(
+            graph(
+                ids,
+                title,
+                unit,
+                [Query(top(metric), who)],
+                description=f"The {TOP_N} ports with the highest rate at each point in time.",
+                port_links=True,
+            )
+        )
+
+    board = board.with_row(dash.Row(f"Top {TOP_N} ports by drops, errors and failed upcalls").id(ids()))
+    for title, unit, pairs, limit, no_value in (
+        (
+            "Dropped packets",
+            "pps",
+            [
+                ("ovs:vport_receive_dropped:rate5m", "receive"),
+                ("ovs:vport_transmit_dropped:rate5m", "transmit"),
+            ],
+            None,
+            None,
+        ),
+        (
+            "Drop ratio",
+            "percentunit",
+            [
+                ("ovs:vport_receive_drop_ratio:rate5m", "receive"),
+                ("ovs:vport_transmit_drop_ratio:rate5m", "transmit"),
+            ],
+            limits.drop_ratio,
+            None,
+        ),
+        (
+            "Packets with errors",
+            "pps",
+            [
+                ("ovs:vport_receive_errors:rate5m", "receive"),
+                ("ovs:vport_transmit_errors:rate5m", "transmit"),
+            ],
+            None,
+            None,
+        ),
+        (
+            "Error ratio",
+            "percentunit",
+            [
+                ("ovs:vport_receive_error_ratio:rate5m", "receive"),
+                ("ovs:vport_transmit_error_ratio:rate5m", "transmit"),
+            ],
+            limits.error_ratio,
+            None,
+        ),
+        (
+            "Failed upcalls",
+            "pps",
+            [("ovs:vport_upcall_failures:rate5m", "failed")],
+            None,
+            NO_UPCALL_STATS,
+        ),
+        (
+            "Upcall failure ratio",
+            "percentunit",
+            [("ovs:vport_upcall_failure_ratio:rate5m", "failed")],
+            limits.upcall_failure_ratio,
+            NO_UPCALL_STATS,
+        ),
+    ):
+        ratio = unit == "percentunit"
+        board = board.with_panel(
+            graph(
+                ids,
+                title,
+                unit,
+                [Query(top(metric), f"{who} {label}") for metric, label in pairs],
+                description=(
+                    "Share of the packets offered to each port, over 5 minutes; "
+                    "the red line is the alert threshold."
+                    if ratio
+                    else "Per second, over 5 minutes."
+                )
+                + f" The {TOP_N} highest ports of each direction.",
+                limit=limit,
+                port_links=True,
+                no_value=no_value,
+            )
+        )
+    return board
+
+
+def port_detail(limits: Thresholds) -> dash.Dashboard:
+    """One port at full resolution, with its datapath for context."""
+    ids = PanelIds()
+    inst = 'instance=~"$instance"'
+    dp = f'{inst}, datapath=~"$datapath"'
+    sel = f'{dp}, port=~"$port"'
+
+    def rate(counter: str) -> str:
+        return f"rate(ovs_vport_{counter}_total{{{sel}}}[$__rate_interval])"
+
+    def ratio(direction: str, bad: str) -> str:
+        offered = f"({rate(f'{direction}_packets')} + {rate(f'{direction}_{bad}')} > 0)"
+        return f"{rate(f'{direction}_{bad}')} / {offered}"
+
+    board = (
+        _base(
+            PORT_UID,
+            "OVS kernel datapath / Port",
+            "One Open vSwitch kernel datapath port (vport) in detail, from ovs-vport-exporter.",
+        )
+        .with_variable(_datasource_variable())
+        .with_variable(_query_variable("instance", "Instance", "label_values(ovs_up, instance)", multi=False))
+        .with_variable(
+            _query_variable(
+                "datapath", "Datapath", f"label_values(ovs_vport_info{{{inst}}}, datapath)", multi=False
+            )
+        )
+        .with_variable(
+            _query_variable("port", "Port", f"label_values(ovs_vport_info{{{dp}}}, port)", multi=False)
+        )
+    )
+
+    board = board.with_row(dash.Row("Port $port on $datapath ($instance)").id(ids()))
+    board = board.with_panel(
+        table.Panel()
+        .id(ids())
+        .title("Vport")
+        .description("Static attributes of the port (ovs_vport_info).")
+        .datasource(DATASOURCE)
+        .unit("none")
+        .span(24)
+        .height(4)
+        .targets(_targets([Query(f"ovs_vport_info{{{sel}}}", "")], instant=True))
+        .with_transformation(
+            DataTransformerConfig(
+                id_val="organize",
+                options={"excludeByName": {"Time": True, "Value": True, "__name__": True, "job": True}},
+            )
+        )
+    )
+
+    board = board.with_row(dash.Row("Traffic").id(ids()))
+    board = board.with_panel(
+        graph(
+            ids,
+            "Packets",
+            "pps",
+            [Query(rate("receive_packets"), "received"), Query(rate("transmit_packets"), "transmitted")],
+            description="Packets per second.",
+            width=8,
+        )
+    )
+    board = board.with_panel(
+        graph(
+            ids,
+            "Throughput",
+            "Bps",
+            [Query(rate("receive_bytes"), "received"), Query(rate("transmit_bytes"), "transmitted")],
+            description="Bytes per second.",
+            width=8,
+        )
+    )
+    board = board.with_panel(
+        graph(
+            ids,
+            "Average packet size",
+            "decbytes",
+            [
+                Query(f"{rate('receive_bytes')} / ({rate('receive_packets')} > 0)", "received"),
+                Query(f"{rate('transmit_bytes')} / ({rate('transmit_packets')} > 0)", "transmitted"),
+            ],
+            description="Bytes per packet.",
+            width=8,
+        )
+    )
+
+    board = board.with_row(dash.Row("Drops and errors").id(ids()))
+    board = board.with_panel(
+        graph(
+            ids,
+            "Dropped packets",
+            "pps",
+            [Query(rate("receive_dropped"), "receive"), Query(rate("transmit_dropped"), "transmit")],
+            description="Packets dropped per second.",
+            width=6,
+        )
+    )
+    board = board.with_panel(
+        graph(
+            ids,
+            "Drop ratio",
+            "percentunit",
+            [Query(ratio("receive", "dropped"), "receive"), Query(ratio("transmit", "dropped"), "transmit")],
+            description="dropped / (packets + dropped); the red line is the alert threshold.",
+            width=6,
+            limit=limits.drop_ratio,
+        )
+    )
+    board = board.with_panel(
+        graph(
+            ids,
+            "Packets with errors",
+            "pps",
+            [Query(rate("receive_errors"), "receive"), Query(rate("transmit_errors"), "transmit")],
+            description="Packets with errors per second.",
+            width=6,
+        )
+    )
+    board = board.with_panel(
+        graph(
+            ids,
+            "Error ratio",
+            "percentunit",
+            [Query(ratio("receive", "errors"), "receive"), Query(ratio("transmit", "errors"), "transmit")],
+            description="errors / (packets + errors); the red line is the alert threshold.",
+            width=6,
+            limit=limits.error_ratio,
+        )
+    )
+
+    board = board.with_row(dash.Row("Upcalls").id(ids()))
+    board = board.with_panel(
+        graph(
+            ids,
+            "Upcalls",
+            "pps",
+            [Query(rate("upcalls"), "all"), Query(rate("upcall_failures"), "failed")],
+            description="Packets of this port sent to userspace because no flow matched (kernel 6.2+).",
+            no_value=NO_UPCALL_STATS,
+        )
+    )
+    board = board.with_panel(
+        graph(
+            ids,
+            "Upcall failure ratio",
+            "percentunit",
+            [Query(f"{rate('upcall_failures')} / ({rate('upcalls')} > 0)", "failed")],
+            description="Share of upcalls that could not be queued to userspace; "
+            "the red line is the alert threshold.",
+            limit=limits.upcall_failure_ratio,
+            no_value=NO_UPCALL_STATS,
+        )
+    )
+
+    board = board.with_row(dash.Row("Datapath $datapath").id(ids()))
+    board = board.with_panel(
+        graph(
+            ids,
+            "Flow table lookups",
+            "pps",
+            [
+                Query(f"ovs:datapath_lookup_hits:rate5m{{{dp}}}", "hit"),
+                Query(f"ovs:datapath_lookup_misses:rate5m{{{dp}}}", "missed"),
+                Query(f"ovs:datapath_lookup_lost:rate5m{{{dp}}}", "lost"),
+            ],
+            description="The whole datapath's lookups, from the recording rules (5-minute rates).",
+        )
+    )
+    board = board.with_panel(
+        graph(
+            ids,
+            "Flows and masks",
+            "short",
+            [Query(f"ovs_datapath_flows{{{dp}}}", "flows"), Query(f"ovs_datapath_masks{{{dp}}}", "masks")],
+            description="Flows and megaflow masks installed in the datapath.",
+        )
+    )
+    return board
+
+
+def render(board: dash.Dashboard) -> str:
+    """Stable JSON text of a dashboard, as committed."""
+    return json.dumps(board.build(), cls=JSONEncoder, indent=2, sort_keys=True) + "\n"
+
+
+def outputs(limits: Thresholds) -> dict[Path, str]:
+    """Every committed dashboard file and its expected content."""
+    return {
+        HERE / f"{OVERVIEW_UID}.json": render(overview(limits)),
+        HERE / f"{PORT_UID}.json": render(port_detail(limits)),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Generate the ovs-vport-exporter Grafana dashboards.")
+    parser.add_argument("--config", type=Path, default=CONFIG_PATH)
+    parser.add_argument("--check", action="store_true", help="exit 1 if a committed dashboard is not current")
+    args = parser.parse_args(argv)
+    try:
+        files = outputs(load_thresholds(args.config))
+    except (OSError, ValueError, KeyError, TypeError, yaml.YAMLError) as exc:
+        print(f"{Path(__file__).name}: {exc}", file=sys.stderr)
+        return 2
+    stale = [
+        path for path, text in files.items() if not path.exists() or path.read_text(encoding="utf-8") != text
+    ]
+    if args.check:
+        for path in stale:
+            print(f"{path} is stale: run python dashboards/generate_dashboards.py", file=sys.stderr)
+        return 1 if stale else 0
+    for path in stale:
+        path.write_text(files[path], encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
