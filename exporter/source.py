@@ -6,10 +6,10 @@ datapath, named by its ``dp_ifindex``). Only GET dumps are ever sent.
 
 The socket is the only piece that touches the kernel, behind the small
 ``KernelSocket`` protocol, so tests and the benchmark replace exactly that and
-run everything else for real. The real one uses pyroute2 to resolve the generic
-netlink families, and a plain netlink socket for the dumps, whose raw bytes go
-straight to ``exporter.wire``'s decoder: pyroute2's message classes would cost
-far more per vport than the whole rest of a scrape.
+run everything else for real. The real one is a plain netlink socket: pyroute2's
+controller message class resolves the family names over it, and the dumps' raw
+bytes go straight to ``exporter.wire``'s decoder, since pyroute2's message
+classes would cost far more per vport than the whole rest of a scrape.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ T = TypeVar("T")
 _RECV_BUFSIZE = 1 << 16
 _SOCKET_RCVBUF = 1 << 20
 NETLINK_GENERIC = 16  # linux/netlink.h; the socket module does not name it
+_CTRL_CMD_GETFAMILY = 3  # linux/genetlink.h
 
 
 class FamilyNotFoundError(Exception):
@@ -53,41 +54,57 @@ class KernelSocket(Protocol):
 
 
 class NetlinkKernelSocket:
-    """The real socket: pyroute2 resolves families, a raw NETLINK_GENERIC socket dumps."""
+    """The real socket: one raw NETLINK_GENERIC socket for family lookups and dumps.
+
+    Family lookups use pyroute2's ``ctrlmsg`` to encode the controller request
+    and decode its reply, sent over this socket. pyroute2's own socket objects are
+    not used: in 0.9 a synchronous socket only works in the thread that made it,
+    and every scrape runs in the HTTP server's thread for that request.
+    """
 
     def __init__(self, timeout: float) -> None:
-        # Imported here: pyroute2 is slow to import and only this class needs it.
-        from pyroute2.netlink import ctrlmsg
-        from pyroute2.netlink.generic import GenericNetlinkSocket
-
-        self._resolver = GenericNetlinkSocket()
-        try:
-            self._resolver.bind("nlctrl", ctrlmsg)
-            self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_GENERIC)
-        except BaseException:
-            self._resolver.close()
-            raise
+        self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_GENERIC)
+        self._seq = itertools.count(1)
         try:
             self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _SOCKET_RCVBUF)
             self._sock.bind((0, 0))
             self._sock.settimeout(timeout)
         except BaseException:
-            self.close()
+            self._sock.close()
             raise
 
     def family_id(self, name: str) -> int:
-        from pyroute2.netlink.exceptions import NetlinkError
+        # Imported here: pyroute2 is slow to import, and only this needs it.
+        from pyroute2.netlink import GENL_ID_CTRL, NLM_F_REQUEST, ctrlmsg
 
-        try:
-            reply = self._resolver.discovery(name)
-        except NetlinkError as err:
-            if err.code == errno.ENOENT:
-                raise FamilyNotFoundError(name) from err
-            raise OSError(err.code, f"resolving generic netlink family {name}: {err}") from err
-        family_id = reply.get_attr("CTRL_ATTR_FAMILY_ID")
-        if not isinstance(family_id, int):
-            raise wire.DecodeError(f"nlctrl reply for {name} carries no family id")
-        return family_id
+        seq = (1 << 31) | (next(self._seq) & 0x7FFFFFFF)  # apart from the dumps' numbers
+        request = ctrlmsg()
+        request["cmd"] = _CTRL_CMD_GETFAMILY
+        request["version"] = 1
+        request["attrs"].append(["CTRL_ATTR_FAMILY_NAME", name])
+        request["header"]["type"] = GENL_ID_CTRL
+        request["header"]["flags"] = NLM_F_REQUEST
+        request["header"]["sequence_number"] = seq
+        request.encode()
+        self._sock.send(request.data)
+        while True:
+            buf = self._sock.recv(_RECV_BUFSIZE)
+            for message in wire.iter_messages(buf):
+                if message.seq != seq:
+                    continue  # a late reply to an earlier request
+                if message.type == wire.NLMSG_ERROR:
+                    code = wire.error_code(buf, message)
+                    if code == errno.ENOENT:
+                        raise FamilyNotFoundError(name)
+                    raise OSError(code, f"resolving generic netlink family {name}: {os.strerror(code)}")
+                if message.type != GENL_ID_CTRL:
+                    raise wire.DecodeError(f"unexpected message type {message.type} resolving {name}")
+                reply = ctrlmsg(buf[message.start : message.end])
+                reply.decode()
+                family_id = reply.get_attr("CTRL_ATTR_FAMILY_ID")
+                if not isinstance(family_id, int):
+                    raise wire.DecodeError(f"nlctrl reply for {name} carries no family id")
+                return family_id
 
     def send(self, data: bytes) -> None:
         self._sock.send(data)
@@ -97,7 +114,6 @@ class NetlinkKernelSocket:
 
     def close(self) -> None:
         self._sock.close()
-        self._resolver.close()
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +123,7 @@ class DatapathDump:
     datapath: wire.Datapath
     vports: list[wire.Vport]
     vport_count: int  # every vport the kernel listed, before any filter
+    netns: str | None = None  # the named network namespace it was read in; None: the exporter's own
 
 
 class KernelSource:

@@ -129,3 +129,30 @@ def test_no_reply_times_out() -> None:
     sock.vport_dump_override = {10: []}
     with pytest.raises(TimeoutError):
         KernelSource(lambda: sock).collect()
+
+
+def test_real_socket_resolves_families_from_any_thread() -> None:
+    """The real socket on this host: nlctrl always exists; scrapes run in many threads."""
+    import threading
+
+    from exporter.source import NetlinkKernelSocket
+
+    sock = NetlinkKernelSocket(5.0)
+    results: list[object] = []
+
+    def resolve() -> None:
+        results.append(sock.family_id("nlctrl"))
+        try:
+            sock.family_id("nosuchfam")
+        except FamilyNotFoundError as err:
+            results.append(err)
+
+    try:
+        for _ in range(3):
+            thread = threading.Thread(target=resolve)
+            thread.start()
+            thread.join(10)
+    finally:
+        sock.close()
+    assert results[0::2] == [0x10] * 3
+    assert all(isinstance(r, FamilyNotFoundError) for r in results[1::2])

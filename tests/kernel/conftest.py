@@ -1,0 +1,160 @@
+"""Fixtures of the in-guest suite: the kernel, the standard topology, the exporter under test.
+
+Outside the VM (no ``OVS_EXPORTER_VM=1``, set by tests/vm) nothing here is collected. Inside it,
+a missing openvswitch family is a failure, never a skip: the VM exists to provide it.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from collections.abc import Callable, Generator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+
+from .ovsnl import DATAPATH_FAMILY, VPORT_FAMILY, OvsNetlink, Snapshot
+from .procs import Exporter
+from .topology import Topology, standard_topology, wait_quiet
+
+IN_VM = os.environ.get("OVS_EXPORTER_VM") == "1"
+
+if not IN_VM:
+    collect_ignore_glob = ["*"]
+
+T = TypeVar("T")
+
+EXPORTER_PORT = 19310
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "module_reload: unloads the openvswitch module; runs last")
+    config.addinivalue_line(
+        "markers", "prometheus: starts the real Prometheus (select with -m to skip it in quick runs)"
+    )
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    items.sort(key=lambda item: item.get_closest_marker("module_reload") is not None)
+
+
+def kernel_at_least(major: int, minor: int) -> bool:
+    parts = platform.release().split(".")
+    return (int(parts[0]), int(parts[1].split("-")[0])) >= (major, minor)
+
+
+#: Per-vport upcall statistics (OVS_VPORT_ATTR_UPCALL_STATS) exist since Linux 6.2.
+HAS_UPCALL_STATS = kernel_at_least(6, 2)
+
+
+@pytest.fixture(scope="session")
+def results_dir() -> Path:
+    base = Path(os.environ.get("OVS_VM_RESULTS", "/tmp"))
+    d = base / "kernel-tests"
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+@pytest.fixture(scope="session")
+def nl() -> Iterator[OvsNetlink]:
+    sock = OvsNetlink()
+    try:
+        sock.family(DATAPATH_FAMILY)
+        sock.family(VPORT_FAMILY)
+    except OSError as e:
+        pytest.fail(f"openvswitch generic netlink families missing in the guest: {e}")
+    yield sock
+    sock.close()
+
+
+@pytest.fixture(scope="session")
+def topology(nl: OvsNetlink) -> Iterator[Topology]:
+    with standard_topology(nl) as topo:
+        yield topo
+
+
+@dataclass
+class UpcallDatapath:
+    """A datapath without per-CPU upcall dispatch, so upcalls go to each vport's pid.
+
+    Frames sent into the peer of ``delivered`` reach a live socket (upcall success), those into
+    the peer of ``refused`` reach a pid without a socket (upcall failure, datapath lost), those
+    into the peer of ``unset`` have pid 0 (datapath lost, no upcall attempted).
+    """
+
+    name: str
+    delivered: str
+    refused: str
+    unset: str
+    listener: OvsNetlink
+
+    def drain(self) -> None:
+        """Read queued upcalls so that the listener's buffer never fills."""
+        sock = self.listener.sock
+        sock.setblocking(False)
+        try:
+            while sock.recv(1 << 16):
+                pass
+        except BlockingIOError:
+            pass
+        finally:
+            sock.setblocking(True)
+
+
+@pytest.fixture(scope="session")
+def upcall_dp(nl: OvsNetlink) -> Iterator[UpcallDatapath]:
+    topo = Topology(nl)
+    listener = OvsNetlink()
+    gone = OvsNetlink()
+    dead_pid = gone.portid
+    gone.close()
+    try:
+        topo.add_datapath("ovs-u")
+        topo.add_veth("ovs-u", "vu0", upcall_pid=listener.portid)
+        topo.add_veth("ovs-u", "vu1", upcall_pid=dead_pid)
+        topo.add_veth("ovs-u", "vu2", upcall_pid=0)
+        yield UpcallDatapath("ovs-u", "vu0", "vu1", "vu2", listener)
+    finally:
+        topo.teardown()
+        listener.close()
+
+
+@pytest.fixture(scope="session")
+def exporter(results_dir: Path) -> Iterator[Exporter]:
+    proc = Exporter(EXPORTER_PORT, results_dir)
+    yield proc
+    proc.stop()
+
+
+def consistent(nl: OvsNetlink, read: Callable[[], T], attempts: int = 8) -> tuple[Snapshot, T]:
+    """Run ``read`` between two kernel snapshots until no counter moved around it.
+
+    Returns the snapshot and what ``read`` returned: with nothing moving in between, the two
+    describe the same moment.
+    """
+    changes: list[str] = []
+    for _ in range(attempts):
+        before = wait_quiet(nl, settle=0.5)
+        result = read()
+        after = nl.snapshot()
+        if before.counters() == after.counters() and before.vports.keys() == after.vports.keys():
+            return after, result
+        a, b = before.counters(), after.counters()
+        changes = [
+            f"{k}: {a.get(k)} -> {b.get(k)}" for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)
+        ]
+    raise AssertionError("kernel counters kept moving during the read:\n" + "\n".join(changes[:20]))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """Attach the exporter's log tail to a failure: its errors explain most failed scrapes."""
+    report = yield
+    proc = getattr(item, "funcargs", {}).get("exporter")
+    if report.failed and isinstance(proc, Exporter) and proc.log.is_file():
+        report.sections.append(("exporter log (tail)", "\n".join(proc.log.read_text().splitlines()[-15:])))
+    return report

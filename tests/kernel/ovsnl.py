@@ -1,0 +1,380 @@
+"""A small generic-netlink client for the OVS datapath, for the in-guest tests only.
+
+Independent from the exporter's own decoder on purpose: the tests compare what the exporter
+serves with what this reads from the kernel. It also builds topology (OVS_DP_CMD_NEW,
+OVS_VPORT_CMD_NEW with tunnel options), which the read-only exporter never does.
+Layouts follow include/uapi/linux/openvswitch.h and include/uapi/linux/genetlink.h.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import struct
+from dataclasses import dataclass, field
+
+# include/uapi/linux/netlink.h
+NLM_F_REQUEST = 0x1
+NLM_F_MULTI = 0x2
+NLM_F_ACK = 0x4
+NLM_F_ECHO = 0x8
+NLM_F_DUMP = 0x300
+NLMSG_ERROR = 2
+NLMSG_DONE = 3
+NLA_TYPE_MASK = 0x3FFF
+NLA_F_NESTED = 0x8000
+NETLINK_GENERIC = 16  # not exported by Python's socket module
+
+# include/uapi/linux/genetlink.h
+GENL_ID_CTRL = 0x10
+CTRL_CMD_GETFAMILY = 3
+CTRL_ATTR_FAMILY_ID = 1
+CTRL_ATTR_FAMILY_NAME = 2
+
+# include/uapi/linux/openvswitch.h
+DATAPATH_FAMILY = "ovs_datapath"
+DATAPATH_VERSION = 2
+VPORT_FAMILY = "ovs_vport"
+VPORT_VERSION = 1
+CMD_NEW, CMD_DEL, CMD_GET, CMD_SET = 1, 2, 3, 4
+
+DP_ATTR_NAME = 1
+DP_ATTR_UPCALL_PID = 2
+DP_ATTR_STATS = 3
+DP_ATTR_MEGAFLOW_STATS = 4
+DP_ATTR_USER_FEATURES = 5
+DP_ATTR_MASKS_CACHE_SIZE = 7
+DP_ATTR_IFINDEX = 9
+DP_F_UNALIGNED = 1 << 0
+DP_F_VPORT_PIDS = 1 << 1
+DP_F_DISPATCH_UPCALL_PER_CPU = 1 << 3
+
+VPORT_ATTR_PORT_NO = 1
+VPORT_ATTR_TYPE = 2
+VPORT_ATTR_NAME = 3
+VPORT_ATTR_OPTIONS = 4
+VPORT_ATTR_UPCALL_PID = 5
+VPORT_ATTR_STATS = 6
+VPORT_ATTR_IFINDEX = 8
+VPORT_ATTR_NETNSID = 9
+VPORT_ATTR_UPCALL_STATS = 10
+VPORT_UPCALL_ATTR_SUCCESS = 0
+VPORT_UPCALL_ATTR_FAIL = 1
+TUNNEL_ATTR_DST_PORT = 1
+
+VPORT_NETDEV, VPORT_INTERNAL, VPORT_GRE, VPORT_VXLAN, VPORT_GENEVE = 1, 2, 3, 4, 5
+VPORT_TYPE_NAMES = {1: "netdev", 2: "internal", 3: "gre", 4: "vxlan", 5: "geneve"}
+
+#: struct ovs_vport_stats, in order.
+VPORT_STAT_FIELDS = (
+    "rx_packets", "tx_packets", "rx_bytes", "tx_bytes",
+    "rx_errors", "tx_errors", "rx_dropped", "tx_dropped",
+)  # fmt: skip
+
+
+def nla(atype: int, payload: bytes) -> bytes:
+    length = 4 + len(payload)
+    return struct.pack("=HH", length, atype) + payload + b"\0" * (-length % 4)
+
+
+def nla_u32(atype: int, value: int) -> bytes:
+    return nla(atype, struct.pack("=I", value))
+
+
+def nla_str(atype: int, value: str) -> bytes:
+    return nla(atype, value.encode() + b"\0")
+
+
+def parse_attrs(data: bytes) -> dict[int, bytes]:
+    attrs: dict[int, bytes] = {}
+    off = 0
+    while off + 4 <= len(data):
+        length, atype = struct.unpack_from("=HH", data, off)
+        if length < 4:
+            break
+        attrs[atype & NLA_TYPE_MASK] = data[off + 4 : off + length]
+        off += (length + 3) & ~3
+    return attrs
+
+
+@dataclass(frozen=True)
+class Message:
+    """One generic netlink message of an OVS family: header fields and raw attributes."""
+
+    cmd: int
+    dp_ifindex: int
+    attrs: dict[int, bytes]
+
+
+@dataclass(frozen=True)
+class Dump:
+    """A whole dump: its datagrams exactly as the kernel sent them, and the parsed messages."""
+
+    datagrams: tuple[bytes, ...]
+    messages: tuple[Message, ...]
+
+    @property
+    def raw(self) -> bytes:
+        return b"".join(self.datagrams)
+
+
+@dataclass(frozen=True)
+class DatapathInfo:
+    name: str
+    ifindex: int
+    hits: int
+    misses: int
+    lost: int
+    flows: int
+    mask_hits: int | None
+    masks: int | None
+    mask_cache_hits: int | None
+    user_features: int | None
+
+    @classmethod
+    def decode(cls, msg: Message) -> DatapathInfo:
+        a = msg.attrs
+        hits, misses, lost, flows = struct.unpack("=4Q", a[DP_ATTR_STATS][:32])
+        mask_hits = masks = cache_hits = None
+        if DP_ATTR_MEGAFLOW_STATS in a:
+            mask_hits, masks, _pad, cache_hits = struct.unpack("=QIIQ", a[DP_ATTR_MEGAFLOW_STATS][:24])
+        features = struct.unpack("=I", a[DP_ATTR_USER_FEATURES])[0] if DP_ATTR_USER_FEATURES in a else None
+        return cls(
+            name=a[DP_ATTR_NAME].rstrip(b"\0").decode(),
+            ifindex=msg.dp_ifindex,
+            hits=hits,
+            misses=misses,
+            lost=lost,
+            flows=flows,
+            mask_hits=mask_hits,
+            masks=masks,
+            mask_cache_hits=cache_hits,
+            user_features=features,
+        )
+
+
+@dataclass(frozen=True)
+class VportInfo:
+    dp_ifindex: int
+    port_no: int
+    type: int
+    name: str
+    ifindex: int | None
+    netnsid: int | None
+    stats: dict[str, int]
+    upcall_success: int | None
+    upcall_fail: int | None
+    upcall_pids: tuple[int, ...]
+    dst_port: int | None
+
+    @property
+    def type_name(self) -> str:
+        return VPORT_TYPE_NAMES.get(self.type, str(self.type))
+
+    @classmethod
+    def decode(cls, msg: Message) -> VportInfo:
+        a = msg.attrs
+        success = fail = None
+        if VPORT_ATTR_UPCALL_STATS in a:
+            up = parse_attrs(a[VPORT_ATTR_UPCALL_STATS])
+            success = struct.unpack("=Q", up[VPORT_UPCALL_ATTR_SUCCESS])[0]
+            fail = struct.unpack("=Q", up[VPORT_UPCALL_ATTR_FAIL])[0]
+        dst_port = None
+        if VPORT_ATTR_OPTIONS in a:
+            opts = parse_attrs(a[VPORT_ATTR_OPTIONS])
+            if TUNNEL_ATTR_DST_PORT in opts:
+                raw = opts[TUNNEL_ATTR_DST_PORT]
+                # The kernel sends a u16 in host order (the YNL spec says u32).
+                dst_port = struct.unpack("=H" if len(raw) == 2 else "=I", raw)[0]
+        pids_raw = a.get(VPORT_ATTR_UPCALL_PID, b"")
+        return cls(
+            dp_ifindex=msg.dp_ifindex,
+            port_no=struct.unpack("=I", a[VPORT_ATTR_PORT_NO])[0],
+            type=struct.unpack("=I", a[VPORT_ATTR_TYPE])[0],
+            name=a[VPORT_ATTR_NAME].rstrip(b"\0").decode(),
+            ifindex=struct.unpack("=I", a[VPORT_ATTR_IFINDEX])[0] if VPORT_ATTR_IFINDEX in a else None,
+            netnsid=struct.unpack("=i", a[VPORT_ATTR_NETNSID])[0] if VPORT_ATTR_NETNSID in a else None,
+            stats=dict(zip(VPORT_STAT_FIELDS, struct.unpack("=8Q", a[VPORT_ATTR_STATS][:64]), strict=True)),
+            upcall_success=success,
+            upcall_fail=fail,
+            upcall_pids=struct.unpack(f"={len(pids_raw) // 4}I", pids_raw),
+            dst_port=dst_port,
+        )
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Every datapath and vport of the namespace, read in one pass."""
+
+    datapaths: dict[str, DatapathInfo]
+    vports: dict[str, dict[str, VportInfo]] = field(default_factory=dict)
+    datapath_dump: Dump | None = None
+    vport_dumps: dict[str, Dump] = field(default_factory=dict)
+
+    def counters(self) -> dict[tuple[str, ...], int | None]:
+        """All counters keyed by (datapath, [port,] name), for comparing two snapshots."""
+        out: dict[tuple[str, ...], int | None] = {}
+        for dp in self.datapaths.values():
+            for f in ("hits", "misses", "lost", "flows", "mask_hits", "masks", "mask_cache_hits"):
+                out[(dp.name, f)] = getattr(dp, f)
+            for vp in self.vports.get(dp.name, {}).values():
+                for f, v in vp.stats.items():
+                    out[(dp.name, vp.name, f)] = v
+                out[(dp.name, vp.name, "upcall_success")] = vp.upcall_success
+                out[(dp.name, vp.name, "upcall_fail")] = vp.upcall_fail
+        return out
+
+
+class OvsNetlink:
+    """One generic netlink socket speaking the ovs_datapath and ovs_vport families."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_GENERIC)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        self.sock.bind((0, 0))
+        self.seq = 0
+        self._families: dict[str, int] = {}
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> OvsNetlink:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def portid(self) -> int:
+        return int(self.sock.getsockname()[0])
+
+    def _send(self, mtype: int, flags: int, payload: bytes) -> int:
+        self.seq += 1
+        self.sock.send(struct.pack("=IHHII", 16 + len(payload), mtype, flags, self.seq, 0) + payload)
+        return self.seq
+
+    def _receive(self, seq: int) -> tuple[list[bytes], list[tuple[int, int, bytes]]]:
+        """Datagrams and (type, flags, payload) messages until the reply to ``seq`` ends."""
+        datagrams: list[bytes] = []
+        msgs: list[tuple[int, int, bytes]] = []
+        while True:
+            data = self.sock.recv(1 << 20)
+            datagrams.append(data)
+            off = 0
+            done = False
+            while off + 16 <= len(data):
+                length, mtype, flags, mseq, _pid = struct.unpack_from("=IHHII", data, off)
+                payload = data[off + 16 : off + length]
+                off += (length + 3) & ~3
+                if mseq != seq:
+                    continue
+                if mtype == NLMSG_ERROR:
+                    (err,) = struct.unpack_from("=i", payload)
+                    if err:
+                        raise OSError(-err, os.strerror(-err))
+                    done = True
+                elif mtype == NLMSG_DONE:
+                    (err,) = struct.unpack_from("=i", payload) if len(payload) >= 4 else (0,)
+                    if err:
+                        raise OSError(-err, os.strerror(-err))
+                    done = True
+                else:
+                    msgs.append((mtype, flags, payload))
+                    if not flags & NLM_F_MULTI:
+                        done = True
+            if done:
+                return datagrams, msgs
+
+    def family(self, name: str, refresh: bool = False) -> int:
+        """The family id; raises OSError(ENOENT) when the openvswitch module is not loaded."""
+        if refresh or name not in self._families:
+            seq = self._send(
+                GENL_ID_CTRL, NLM_F_REQUEST, struct.pack("=BBH", CTRL_CMD_GETFAMILY, 1, 0)
+                + nla_str(CTRL_ATTR_FAMILY_NAME, name),
+            )  # fmt: skip
+            _, msgs = self._receive(seq)
+            attrs = parse_attrs(msgs[0][2][4:])
+            self._families[name] = struct.unpack("=H", attrs[CTRL_ATTR_FAMILY_ID][:2])[0]
+        return self._families[name]
+
+    def _request(
+        self, family: str, version: int, cmd: int, dp_ifindex: int, attrs: bytes, flags: int
+    ) -> tuple[list[bytes], list[Message]]:
+        payload = struct.pack("=BBHi", cmd, version, 0, dp_ifindex) + attrs
+        seq = self._send(self.family(family), NLM_F_REQUEST | flags, payload)
+        datagrams, raw = self._receive(seq)
+        msgs = []
+        for _type, _flags, p in raw:
+            rcmd, _ver, _res, ifindex = struct.unpack_from("=BBHi", p)
+            msgs.append(Message(rcmd, ifindex, parse_attrs(p[8:])))
+        return datagrams, msgs
+
+    # --- datapaths ---
+
+    def dump_datapaths(self) -> Dump:
+        datagrams, msgs = self._request(DATAPATH_FAMILY, DATAPATH_VERSION, CMD_GET, 0, b"", NLM_F_DUMP)
+        return Dump(tuple(datagrams), tuple(msgs))
+
+    def new_datapath(self, name: str, upcall_pid: int = 0, user_features: int = DP_F_UNALIGNED) -> int:
+        """Create a datapath; without DP_F_DISPATCH_UPCALL_PER_CPU, upcalls go to per-vport pids."""
+        attrs = (
+            nla_str(DP_ATTR_NAME, name)
+            + nla_u32(DP_ATTR_UPCALL_PID, upcall_pid)
+            + nla_u32(DP_ATTR_USER_FEATURES, user_features)
+        )
+        _, msgs = self._request(DATAPATH_FAMILY, DATAPATH_VERSION, CMD_NEW, 0, attrs, NLM_F_ECHO)
+        return msgs[0].dp_ifindex
+
+    def del_datapath(self, name: str) -> None:
+        attrs = nla_str(DP_ATTR_NAME, name)
+        self._request(DATAPATH_FAMILY, DATAPATH_VERSION, CMD_DEL, 0, attrs, NLM_F_ACK)
+
+    # --- vports ---
+
+    def dump_vports(self, dp_ifindex: int) -> Dump:
+        datagrams, msgs = self._request(VPORT_FAMILY, VPORT_VERSION, CMD_GET, dp_ifindex, b"", NLM_F_DUMP)
+        return Dump(tuple(datagrams), tuple(msgs))
+
+    def new_vport(
+        self, dp_ifindex: int, name: str, vport_type: int, upcall_pid: int = 0, dst_port: int | None = None
+    ) -> VportInfo:
+        attrs = (
+            nla_str(VPORT_ATTR_NAME, name)
+            + nla_u32(VPORT_ATTR_TYPE, vport_type)
+            + nla_u32(VPORT_ATTR_UPCALL_PID, upcall_pid)
+        )
+        if dst_port is not None:
+            # The kernel wants a u16 in host order (vxlan_tnl_create, geneve_tnl_create).
+            attrs += nla(
+                VPORT_ATTR_OPTIONS | NLA_F_NESTED, nla(TUNNEL_ATTR_DST_PORT, struct.pack("=H", dst_port))
+            )
+        _, msgs = self._request(VPORT_FAMILY, VPORT_VERSION, CMD_NEW, dp_ifindex, attrs, NLM_F_ECHO)
+        return VportInfo.decode(msgs[0])
+
+    def set_vport_upcall_pid(self, name: str, upcall_pid: int) -> None:
+        attrs = nla_str(VPORT_ATTR_NAME, name) + nla_u32(VPORT_ATTR_UPCALL_PID, upcall_pid)
+        self._request(VPORT_FAMILY, VPORT_VERSION, CMD_SET, 0, attrs, NLM_F_ACK)
+
+    def del_vport(self, name: str) -> None:
+        attrs = nla_str(VPORT_ATTR_NAME, name)
+        self._request(VPORT_FAMILY, VPORT_VERSION, CMD_DEL, 0, attrs, NLM_F_ACK)
+
+    # --- everything ---
+
+    def snapshot(self) -> Snapshot:
+        """Dump every datapath, then each one's vports (a datapath may vanish in between)."""
+        dp_dump = self.dump_datapaths()
+        datapaths = {d.name: d for d in map(DatapathInfo.decode, dp_dump.messages)}
+        vports: dict[str, dict[str, VportInfo]] = {}
+        vport_dumps: dict[str, Dump] = {}
+        for dp in datapaths.values():
+            try:
+                dump = self.dump_vports(dp.ifindex)
+            except OSError as e:
+                if e.errno == errno.ENODEV:
+                    continue
+                raise
+            vport_dumps[dp.name] = dump
+            vports[dp.name] = {v.name: v for v in map(VportInfo.decode, dump.messages)}
+        return Snapshot(datapaths, vports, dp_dump, vport_dumps)

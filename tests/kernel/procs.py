@@ -1,0 +1,165 @@
+"""Processes the in-guest tests start: the exporter, Prometheus and node_exporter."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from .promtext import Scrape, fetch
+
+#: Python is 20-35x slower under TCG: a cold start of the exporter takes seconds.
+START_TIMEOUT = 120.0
+
+
+def wait_http(url: str, proc: subprocess.Popen[bytes], what: str, log: Path) -> None:
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=10) as resp:
+                if resp.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(0.3)
+    proc.kill()
+    raise RuntimeError(f"{what} did not answer {url} within {START_TIMEOUT:.0f}s:\n{log.read_text()[-3000:]}")
+
+
+def make_traversable(path: Path) -> None:
+    """Let other users reach ``path`` (e.g. an interpreter under /root).
+
+    Only ever called in the guest, whose root is a throwaway overlay over the host's.
+    """
+    for parent in [path, *path.parents]:
+        if parent.is_dir():
+            mode = parent.stat().st_mode
+            if not mode & 0o001:
+                parent.chmod(mode | 0o001)
+
+
+class Process:
+    """A child process with its output in a log file; stopped with SIGTERM, then SIGKILL."""
+
+    def __init__(self, name: str, cmd: list[str], log_dir: Path, **popen: Any) -> None:
+        self.name = name
+        self.log = log_dir / f"{name}.log"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, **popen)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+class Exporter(Process):
+    def __init__(
+        self,
+        port: int,
+        log_dir: Path,
+        name: str = "exporter",
+        user: int | None = None,
+        host: str = "127.0.0.1",
+    ) -> None:
+        self.port = port
+        popen: dict[str, Any] = {}
+        if user is not None:
+            make_traversable(Path(sys.executable).resolve())
+            make_traversable(Path(sys.prefix))
+            make_traversable(Path.cwd())
+            # Leaving uid 0 clears every capability: the exporter runs with none.
+            popen = {"user": user, "group": user, "extra_groups": []}
+        cmd = [sys.executable, "-m", "exporter", "--web.listen-address", f"{host}:{port}"]
+        super().__init__(name, cmd, log_dir, **popen)
+        wait_http(f"http://127.0.0.1:{port}/", self.proc, name, self.log)
+
+    @property
+    def url(self) -> str:
+        # Also right when listening on every address (host "").
+        return f"http://127.0.0.1:{self.port}/metrics"
+
+    def scrape(self) -> Scrape:
+        return fetch(self.url)
+
+
+def tool(name: str) -> str:
+    return str(Path(os.environ.get("OVS_VM_TOOLS", "/")) / "usr" / "bin" / name)
+
+
+class Prometheus(Process):
+    """Debian's Prometheus, unpacked by tests/vm/setup.sh, with its data in /tmp (a guest tmpfs)."""
+
+    def __init__(self, port: int, config: dict[str, Any], log_dir: Path) -> None:
+        self.port = port
+        self.started = time.time()
+        workdir = Path("/tmp/prometheus")
+        workdir.mkdir(parents=True, exist_ok=True)
+        cfg = workdir / "prometheus.yml"
+        cfg.write_text(json.dumps(config, indent=2))  # JSON is YAML
+        cmd = [
+            tool("prometheus"),
+            f"--config.file={cfg}",
+            f"--storage.tsdb.path={workdir / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--log.level=warn",
+        ]
+        super().__init__("prometheus", cmd, log_dir)
+        wait_http(f"http://127.0.0.1:{port}/-/ready", self.proc, "prometheus", self.log)
+
+    def api(self, path: str, **params: str) -> Any:
+        url = f"http://127.0.0.1:{self.port}/api/v1/{path}?{urllib.parse.urlencode(params)}"
+        try:
+            with urllib.request.urlopen(url, timeout=60) as resp:
+                body = json.load(resp)
+        except urllib.error.HTTPError as e:
+            raise AssertionError(f"Prometheus {path} {params}: HTTP {e.code}: {e.read().decode()}") from e
+        if body.get("status") != "success":
+            raise AssertionError(f"Prometheus {path} {params}: {body}")
+        return body["data"]
+
+    def query(self, expr: str, at: float | None = None) -> list[dict[str, Any]]:
+        params = {"query": expr}
+        if at is not None:
+            params["time"] = f"{at:.3f}"
+        result: list[dict[str, Any]] = self.api("query", **params)["result"]
+        return result
+
+    def query_range(self, expr: str, start: float, end: float, step: float) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self.api(
+            "query_range", query=expr, start=f"{start:.3f}", end=f"{end:.3f}", step=f"{step:g}"
+        )["result"]
+        return result
+
+    def targets_up(self) -> dict[str, str]:
+        data = self.api("targets")
+        return {t["labels"]["job"]: t["health"] for t in data["activeTargets"]}
+
+
+class NodeExporter(Process):
+    def __init__(self, port: int, log_dir: Path) -> None:
+        self.port = port
+        cmd = [tool("prometheus-node-exporter"), f"--web.listen-address=127.0.0.1:{port}"]
+        super().__init__("node-exporter", cmd, log_dir)
+        wait_http(f"http://127.0.0.1:{port}/metrics", self.proc, "node-exporter", self.log)

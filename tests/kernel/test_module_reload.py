@@ -1,0 +1,66 @@
+"""The openvswitch module unloaded under a running exporter, then loaded again."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from .ovsnl import DATAPATH_FAMILY, VPORT_FAMILY, OvsNetlink
+from .procs import Exporter
+from .topology import Topology
+
+#: Modules that use openvswitch, unloaded before it.
+VPORT_MODULES = ("vport_vxlan", "vport_geneve", "vport_gre")
+
+
+def loaded(module: str) -> bool:
+    return Path("/sys/module", module).is_dir()
+
+
+def load_ovs_modules() -> None:
+    """insmod openvswitch and the vport modules again, from the harness's uncompressed copies."""
+    mod_dir = Path(os.environ["OVS_VM_MODULES"])
+    for name in ("openvswitch", *VPORT_MODULES):
+        if not loaded(name):
+            subprocess.run(["busybox", "insmod", str(mod_dir / f"{name}.ko")], check=True, timeout=60)
+
+
+@pytest.mark.module_reload
+def test_module_unload_gives_ovs_up_0_and_reload_brings_data_back(
+    nl: OvsNetlink, topology: Topology, exporter: Exporter
+) -> None:
+    assert exporter.scrape().value("ovs_up") == 1
+    topology.teardown()
+    for dp in nl.snapshot().datapaths:
+        nl.del_datapath(dp)
+    for name in (*VPORT_MODULES, "openvswitch"):
+        subprocess.run(["busybox", "rmmod", name], check=True, timeout=60)
+    assert not loaded("openvswitch")
+
+    try:
+        down = exporter.scrape()
+        assert down.value("ovs_up") == 0
+        assert not [name for name, _, _ in down.samples if name.startswith(("ovs_vport_", "ovs_datapath_"))]
+        errors = down.value("ovs_scrape_errors_total")
+        assert errors is not None and errors >= 1
+        assert exporter.alive()
+    finally:
+        load_ovs_modules()
+        nl.family(DATAPATH_FAMILY, refresh=True)
+        nl.family(VPORT_FAMILY, refresh=True)
+
+    with OvsNetlink() as fresh:
+        fresh.family(DATAPATH_FAMILY)
+        again = Topology(fresh)
+        try:
+            again.add_datapath("ovs-r")
+            again.add_veth("ovs-r", "vr0")
+            up = exporter.scrape()
+            assert up.value("ovs_up") == 1
+            assert up.value("ovs_datapath_vports", datapath="ovs-r") == 2
+            assert up.value("ovs_vport_receive_packets_total", datapath="ovs-r", port="vr0") is not None
+        finally:
+            again.teardown()
