@@ -34,12 +34,14 @@ test-unit: setup tools
 
 ## The real-kernel suite in QEMU, on Debian's 6.12 and 6.1 kernels.
 test-vm: setup
-	$(BIN)/python -m tests.vm suite
+	bash tests/vm/setup.sh
+	bash tests/vm/run_suite.sh --skip-setup
 
 ## Everything CI runs.
 test: lint test-unit test-vm
 
 demo: setup
+	bash tests/vm/setup.sh
 	$(BIN)/python -m tests.vm demo
 
 bench: setup
