@@ -17,6 +17,7 @@ from typing import Any, NoReturn
 
 from exporter import __version__, logs, webconfig
 from exporter.collector import Collector
+from exporter.namespaces import NamespaceSources
 from exporter.config import LOG_FORMATS, LOG_LEVELS, Config, ConfigError, build, load_file
 from exporter.source import KernelSource, NetlinkKernelSocket
 from exporter.web import MetricsServer
@@ -38,6 +39,7 @@ _FLAG_OF_KEY = {
     "web.listen_address": "--web.listen-address",
     "web.telemetry_path": "--web.telemetry-path",
     "netlink.timeout_seconds": "--netlink.timeout",
+    "netns.names": "--collector.netns",
     **{f"filters.{subject}.{rule}": flag for flag, subject, rule in _FILTER_FLAGS},
 }
 
@@ -110,6 +112,19 @@ def _parser() -> argparse.ArgumentParser:
             metavar="REGEX",
             help=f"Regular expression of {what} to {rule} (full match).",
         )
+    p.add_argument(
+        "--collector.netns",
+        dest="netns_names",
+        action="append",
+        metavar="NAME",
+        help="Also collect from this network namespace (under /run/netns; repeatable). Needs CAP_SYS_ADMIN.",
+    )
+    p.add_argument(
+        "--collector.netns.all",
+        dest="netns_all",
+        action="store_true",
+        help="Also collect from every network namespace under /run/netns. Needs CAP_SYS_ADMIN.",
+    )
     p.add_argument("--version", action="version", version=f"{PROG} version {__version__}")
     return p  # fmt: skip
 
@@ -130,6 +145,8 @@ def load_config(argv: Sequence[str]) -> Config:
             for _flag, subject, rule in _FILTER_FLAGS:
                 if key == f"filter_{subject}_{rule}":
                     flag_settings["filters"].setdefault(subject, {})[rule] = value
+        elif key == "netns_names":
+            flag_settings[key] = tuple(value)
         else:
             flag_settings[key] = value
     if config_file is not None:
@@ -164,7 +181,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     logs.setup(config.log_level, config.log_format)
 
     source = KernelSource(lambda: NetlinkKernelSocket(config.netlink_timeout))
-    collector = Collector(source, config.filters, __version__)
+    namespaces = None
+    if config.netns_names or config.netns_all:
+        namespaces = NamespaceSources(config.netns_names, config.netns_all, config.netlink_timeout)
+    collector = Collector(source, config.filters, __version__, namespaces=namespaces)
     host, port = config.listen_host_port
     try:
         server = MetricsServer(host, port, config.telemetry_path, collector, __version__, web_config)
@@ -190,4 +210,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         server.server_close()
         source.close()
+        if namespaces is not None:
+            namespaces.close()
     return 0

@@ -59,6 +59,8 @@ class Config:
     log_format: str = "logfmt"
     netlink_timeout: float = 5.0
     filters: Filters = field(default_factory=Filters)
+    netns_names: tuple[str, ...] = ()  # named network namespaces to collect from as well
+    netns_all: bool = False  # and every namespace under /run/netns
     web_config_file: str | None = None  # exporter-toolkit web config, flag only (as in node_exporter)
 
     @property
@@ -73,6 +75,7 @@ _FILE_KEYS: dict[str, tuple[str, ...]] = {
     "log": ("level", "format"),
     "netlink": ("timeout_seconds",),
     "filters": FILTER_SUBJECTS,
+    "netns": ("names", "all"),
 }
 
 
@@ -181,6 +184,19 @@ def load_file(path: Path) -> dict[str, Any]:
             raise ConfigError(f"netlink.timeout_seconds: must be a number, got {_type_name(timeout)}")
         settings["netlink_timeout"] = float(timeout)
 
+    netns = _mapping(top.get("netns"), "netns")
+    _check_keys(netns, _FILE_KEYS["netns"], "netns")
+    names = netns.get("names")
+    if names is not None:
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise ConfigError(f"netns.names: must be a list of strings, got {_type_name(names)}")
+        settings["netns_names"] = tuple(names)
+    all_namespaces = netns.get("all")
+    if all_namespaces is not None:
+        if not isinstance(all_namespaces, bool):
+            raise ConfigError(f"netns.all: must be true or false, got {_type_name(all_namespaces)}")
+        settings["netns_all"] = all_namespaces
+
     settings["filters"] = _file_filters(_mapping(top.get("filters"), "filters"))
     return settings
 
@@ -211,6 +227,10 @@ def build(file_settings: Mapping[str, Any], flag_settings: Mapping[str, Any]) ->
         raise ConfigError(
             f"netlink.timeout_seconds: must be above 0 and at most 60, got {config.netlink_timeout}"
         )
+
+    for name in config.netns_names:
+        if not name or "/" in name or name in (".", "..") or "\0" in name:
+            raise ConfigError(f"netns.names: {name!r} is not a namespace name (as under /run/netns)")
 
     filters: dict[str, NameFilter] = {}
     for subject in FILTER_SUBJECTS:

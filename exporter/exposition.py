@@ -220,21 +220,29 @@ def render_labels(labels: Iterable[tuple[str, str]]) -> str:
     return "{" + ",".join(f'{k}="{escape_label_value(v)}"' for k, v in labels) + "}"
 
 
-def _vport_info_labels(datapath: str, vport: wire.Vport) -> str:
-    labels = [
-        ("datapath", datapath),
-        ("port", vport.name),
-        ("port_no", str(vport.port_no)),
-        ("vport_type", vport.type_name),
-    ]
-    # Attributes an older kernel does not send are left out, never filled with 0.
+# Vports per block in render_datapaths: a block's records (~400 bytes each) fit in a CPU cache.
+_RENDER_BLOCK = 2048
+
+
+def _vport_info_sample(port_labels: str, vport: wire.Vport) -> str:
+    """The ``ovs_vport_info`` line. ``port_labels`` is the escaped ``datapath="..",port=".."``."""
+    # Attributes an older kernel does not send are left out, never filled with 0. The
+    # numbers and type names need no escaping. One f-string per vport: this runs for every vport.
+    optional = ""
     if vport.ifindex is not None:
-        labels.append(("ifindex", str(vport.ifindex)))
+        optional += f',ifindex="{vport.ifindex}"'
     if vport.netnsid is not None:
-        labels.append(("netnsid", str(vport.netnsid)))
+        optional += f',netnsid="{vport.netnsid}"'
     if vport.dst_port is not None:
-        labels.append(("dst_port", str(vport.dst_port)))
-    return render_labels(labels)
+        optional += f',dst_port="{vport.dst_port}"'
+    fixed = f'{port_labels},port_no="{vport.port_no}",vport_type="{vport.type_name}"'
+    return f"ovs_vport_info{{{fixed}{optional}}} 1\n"
+
+
+def _datapath_labels(dump: DatapathDump) -> str:
+    """``datapath=".."``, and ``netns=".."`` for a datapath read in a named namespace."""
+    labels = f'datapath="{escape_label_value(dump.datapath.name)}"'
+    return labels if dump.netns is None else f'netns="{escape_label_value(dump.netns)}",{labels}'
 
 
 def render_datapaths(dumps: Sequence[DatapathDump], fmt: Format) -> list[str]:
@@ -242,37 +250,51 @@ def render_datapaths(dumps: Sequence[DatapathDump], fmt: Format) -> list[str]:
 
     A family with no samples (no vports, or upcall stats on a kernel before 6.2)
     is left out entirely: absent means "not reported", never zero.
+
+    This is the hot path of a scrape (about ten samples per vport): each vport's
+    label set is escaped once and reused by every family, and the samples of a
+    family are list comprehensions of f-strings, joined once per block of vports.
     """
     out: list[str] = []
-    # (escaped label set of the vport, the vport), computed once for all families.
+    # Each vport with its escaped 'datapath="..",port=".."', computed once for every family.
     rows: list[tuple[str, wire.Vport]] = []
     for dump in dumps:
-        dp = escape_label_value(dump.datapath.name)
+        dp = _datapath_labels(dump)
         for vport in dump.vports:
-            rows.append((f'{{datapath="{dp}",port="{escape_label_value(vport.name)}"}}', vport))
+            rows.append((f'{dp},port="{escape_label_value(vport.name)}"', vport))
 
-    for counter in VPORT_COUNTERS:
-        sample = counter.name + "_total"
-        value = counter.value
-        lines = [f"{sample}{labels} {v}\n" for labels, vport in rows if (v := value(vport)) is not None]
-        if lines:
+    # Block by block: every counter family's samples of one block of vports, then the next
+    # block. A block's records stay in the CPU cache while the ten families read them; a
+    # whole pass per family would fetch every record from memory ten times, which made a
+    # vport cost ~25% more at 50,000 vports than at 10,000.
+    counter_blocks: list[list[str]] = [[] for _ in VPORT_COUNTERS]
+    for start in range(0, len(rows), _RENDER_BLOCK):
+        block = rows[start : start + _RENDER_BLOCK]
+        for blocks, counter in zip(counter_blocks, VPORT_COUNTERS, strict=True):
+            sample = counter.name + "_total"
+            value = counter.value
+            blocks.append(
+                "".join(
+                    [
+                        f"{sample}{{{labels}}} {v}\n"
+                        for labels, vport in block
+                        if (v := value(vport)) is not None
+                    ]
+                )
+            )
+    for blocks, counter in zip(counter_blocks, VPORT_COUNTERS, strict=True):
+        if any(blocks):
             out.append(family_header(counter.name, "counter", counter.help, fmt))
-            out.append("".join(lines))
+            out.extend(blocks)
 
     if rows:
         out.append(family_header(VPORT_INFO[0], "info", VPORT_INFO[1], fmt))
-        out.append(
-            "".join(
-                f"ovs_vport_info{_vport_info_labels(dump.datapath.name, vport)} 1\n"
-                for dump in dumps
-                for vport in dump.vports
-            )
-        )
+        out.append("".join([_vport_info_sample(labels, vport) for labels, vport in rows]))
 
     for metric in DATAPATH_METRICS:
         sample = metric.name + "_total" if metric.kind == "counter" else metric.name
         dp_lines = [
-            f'{sample}{{datapath="{escape_label_value(dump.datapath.name)}"}} {v}\n'
+            f"{sample}{{{_datapath_labels(dump)}}} {v}\n"
             for dump in dumps
             if (v := metric.value(dump)) is not None
         ]

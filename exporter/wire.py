@@ -51,6 +51,7 @@ OVS_VPORT_ATTR_PORT_NO = 1
 OVS_VPORT_ATTR_TYPE = 2
 OVS_VPORT_ATTR_NAME = 3
 OVS_VPORT_ATTR_OPTIONS = 4
+OVS_VPORT_ATTR_UPCALL_PID = 5
 OVS_VPORT_ATTR_STATS = 6
 OVS_VPORT_ATTR_IFINDEX = 8
 OVS_VPORT_ATTR_NETNSID = 9
@@ -76,6 +77,30 @@ _U16 = struct.Struct("=H")
 _U32 = struct.Struct("=I")
 _S32 = struct.Struct("=i")
 _U64 = struct.Struct("=Q")
+# How ovs_vport_cmd_fill_info starts every vport message since 4.16: PORT_NO, TYPE and NAME's
+# header; after the name, IFINDEX and STATS (unless NETNSID comes between them), then on 6.2+
+# UPCALL_STATS with its SUCCESS and FAIL. Each attribute header is read as one u32 and compared
+# with the u32 the expected (length, type) makes. See _decode_usual_vport_prefix.
+_VPORT_HEAD = struct.Struct("=IIIIHH")  # PORT_NO header and value, TYPE header and value, NAME header
+_VPORT_IFINDEX_STATS = struct.Struct("=III8Q")  # IFINDEX header and value, STATS header and value
+_VPORT_UPCALL_STATS = struct.Struct("=IIQIQ")  # UPCALL_STATS header, SUCCESS, FAIL (headers, values)
+
+
+def _nla_header_u32(length: int, atype: int) -> int:
+    return int(_U32.unpack(_NLA_HDR.pack(length, atype))[0])
+
+
+_HDR_PORT_NO = _nla_header_u32(8, 1)
+_HDR_TYPE = _nla_header_u32(8, 2)
+_HDR_IFINDEX = _nla_header_u32(8, 8)
+_HDR_STATS = _nla_header_u32(4 + _VPORT_STATS.size, 6)
+_HDR_UPCALL_STATS = _nla_header_u32(_VPORT_UPCALL_STATS.size, 10)
+_HDR_UPCALL_SUCCESS = _nla_header_u32(12, 0)
+_HDR_UPCALL_FAIL = _nla_header_u32(12, 1)
+_HDR_WITHOUT_FLAGS = _nla_header_u32(0xFFFF, NLA_TYPE_MASK)  # clears NLA_F_NESTED and NET_BYTEORDER
+# tuple.__new__ builds a NamedTuple from a tuple of the right length without the Python-level
+# constructor's call: used where the hot path already knows the length.
+_new_tuple = tuple.__new__
 
 
 class DecodeError(ValueError):
@@ -133,9 +158,14 @@ class Datapath:
     megaflow_stats: MegaflowStats | None
 
 
-@dataclass(frozen=True, slots=True)
-class Vport:
-    """One vport as ``OVS_VPORT_CMD_GET`` reports it. ``None`` means "not reported"."""
+class Vport(NamedTuple):
+    """One vport as ``OVS_VPORT_CMD_GET`` reports it. ``None`` means "not reported".
+
+    A NamedTuple rather than a frozen dataclass: a scrape builds one per vport, and
+    a tuple of numbers and strings is both cheaper to build and left alone by the
+    cyclic garbage collector (which otherwise scans every record of the scrape again
+    and again while they accumulate: ~50% more decode time per vport at 50,000 vports).
+    """
 
     dp_ifindex: int
     port_no: int
@@ -203,11 +233,8 @@ def _attr_error(what: str, attr: int, want: int, got: int, offset: int) -> Decod
 
 
 def _c_string(buf: bytes, start: int, end: int) -> str:
-    raw = buf[start:end]
-    nul = raw.find(b"\0")
-    if nul >= 0:
-        raw = raw[:nul]
-    return raw.decode("utf-8", "backslashreplace")
+    nul = buf.find(b"\0", start, end)
+    return buf[start : end if nul < 0 else nul].decode("utf-8", "backslashreplace")
 
 
 def _genl_start(buf: bytes, message: Message, what: str) -> tuple[int, int]:
@@ -288,9 +315,54 @@ def _decode_dst_port(buf: bytes, pos: int, end: int) -> int | None:
     return None
 
 
+_UsualPrefix = tuple[int, int, int, str, int, VportStats, "UpcallStats | None"]
+
+
+def _decode_usual_vport_prefix(buf: bytes, pos: int, end: int) -> _UsualPrefix | None:
+    """The attributes the kernel writes first, if the message starts the usual way.
+
+    Reads PORT_NO, TYPE, NAME, IFINDEX, STATS and, when next, UPCALL_STATS with three
+    unpacks instead of six turns of the attribute walk: this runs for every vport of
+    every scrape. Every length and type is checked. Returns the offset after what it
+    read, port_no, type, name, ifindex, stats and upcall stats (None when not next); or
+    None when the message starts any other way (NETNSID before STATS, another
+    kernel's order), and the caller walks every attribute instead: same record.
+    """
+    if pos + _VPORT_HEAD.size > end:
+        return None
+    port_hdr, port_no, type_hdr, vtype, name_len, name_type = _VPORT_HEAD.unpack_from(buf, pos)
+    after_name = pos + 16 + ((name_len + 3) & ~3)
+    if not (
+        port_hdr == _HDR_PORT_NO
+        and type_hdr == _HDR_TYPE
+        and name_type == OVS_VPORT_ATTR_NAME
+        and name_len >= 4
+        and after_name + _VPORT_IFINDEX_STATS.size <= end
+    ):
+        return None
+    tail = _VPORT_IFINDEX_STATS.unpack_from(buf, after_name)
+    if tail[0] != _HDR_IFINDEX or tail[2] != _HDR_STATS:
+        return None
+    name = _c_string(buf, pos + 20, pos + 16 + name_len)
+    stats: VportStats = _new_tuple(VportStats, tail[3:])
+    pos = after_name + _VPORT_IFINDEX_STATS.size
+    upcall: UpcallStats | None = None
+    if pos + _VPORT_UPCALL_STATS.size <= end:
+        outer_hdr, success_hdr, success, fail_hdr, fail = _VPORT_UPCALL_STATS.unpack_from(buf, pos)
+        if (
+            outer_hdr & _HDR_WITHOUT_FLAGS == _HDR_UPCALL_STATS
+            and success_hdr & _HDR_WITHOUT_FLAGS == _HDR_UPCALL_SUCCESS
+            and fail_hdr & _HDR_WITHOUT_FLAGS == _HDR_UPCALL_FAIL
+        ):
+            upcall = _new_tuple(UpcallStats, (success, fail))
+            pos += _VPORT_UPCALL_STATS.size
+    return pos, port_no, vtype, name, tail[1], stats, upcall
+
+
 def decode_vport(buf: bytes, message: Message) -> Vport:
     """Decode one ``ovs_vport`` message (OVS_VPORT_CMD_NEW as a dump reply)."""
     dp_ifindex, pos = _genl_start(buf, message, "vport")
+    end = message.end
     port_no: int | None = None
     vtype: int | None = None
     name: str | None = None
@@ -299,9 +371,13 @@ def decode_vport(buf: bytes, message: Message) -> Vport:
     stats: VportStats | None = None
     upcall: UpcallStats | None = None
     dst_port: int | None = None
-    end = message.end
+    usual = _decode_usual_vport_prefix(buf, pos, end)
+    if usual is not None:
+        pos, port_no, vtype, name, ifindex, stats, upcall = usual
+
     unpack_hdr = _NLA_HDR.unpack_from
-    # Inlined attribute walk: this loop runs once per attribute of every vport.
+    # Inlined attribute walk: this loop runs once per attribute of every vport. The
+    # attributes the kernel writes after the usual prefix are tested first.
     while pos + 4 <= end:
         alen, atype = unpack_hdr(buf, pos)
         if alen < 4 or pos + alen > end:
@@ -309,10 +385,16 @@ def decode_vport(buf: bytes, message: Message) -> Vport:
         atype &= NLA_TYPE_MASK
         start = pos + 4
         size = alen - 4
-        if atype == OVS_VPORT_ATTR_STATS:
+        if atype == OVS_VPORT_ATTR_UPCALL_PID:
+            pass  # not exported
+        elif atype == OVS_VPORT_ATTR_UPCALL_STATS:
+            upcall = _decode_upcall_stats(buf, start, pos + alen)
+        elif atype == OVS_VPORT_ATTR_OPTIONS:
+            dst_port = _decode_dst_port(buf, start, pos + alen)
+        elif atype == OVS_VPORT_ATTR_STATS:
             if size != 64:
                 raise _attr_error("vport STATS", atype, 64, size, pos)
-            stats = VportStats._make(_VPORT_STATS.unpack_from(buf, start))
+            stats = _new_tuple(VportStats, _VPORT_STATS.unpack_from(buf, start))
         elif atype == OVS_VPORT_ATTR_PORT_NO:
             if size != 4:
                 raise _attr_error("vport PORT_NO", atype, 4, size, pos)
@@ -331,11 +413,7 @@ def decode_vport(buf: bytes, message: Message) -> Vport:
             if size != 4:
                 raise _attr_error("vport NETNSID", atype, 4, size, pos)
             netnsid = _S32.unpack_from(buf, start)[0]
-        elif atype == OVS_VPORT_ATTR_UPCALL_STATS:
-            upcall = _decode_upcall_stats(buf, start, pos + alen)
-        elif atype == OVS_VPORT_ATTR_OPTIONS:
-            dst_port = _decode_dst_port(buf, start, pos + alen)
-        # UPCALL_PID, PAD and attributes newer kernels add are skipped.
+        # PAD and attributes newer kernels add are skipped.
         pos += (alen + 3) & ~3
     if pos < end:
         raise DecodeError(f"vport: {end - pos} trailing bytes at offset {pos}")

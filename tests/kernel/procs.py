@@ -82,6 +82,7 @@ class Exporter(Process):
         name: str = "exporter",
         user: int | None = None,
         host: str = "127.0.0.1",
+        args: tuple[str, ...] = (),
     ) -> None:
         self.port = port
         popen: dict[str, Any] = {}
@@ -91,7 +92,7 @@ class Exporter(Process):
             make_traversable(Path.cwd())
             # Leaving uid 0 clears every capability: the exporter runs with none.
             popen = {"user": user, "group": user, "extra_groups": []}
-        cmd = [sys.executable, "-m", "exporter", "--web.listen-address", f"{host}:{port}"]
+        cmd = [sys.executable, "-m", "exporter", "--web.listen-address", f"{host}:{port}", *args]
         super().__init__(name, cmd, log_dir, **popen)
         wait_http(f"http://127.0.0.1:{port}/", self.proc, name, self.log)
 

@@ -203,3 +203,26 @@ def test_openmetrics_body_ends_with_one_eof() -> None:
     assert body.endswith("# EOF\n") and body.count("# EOF") == 1
     assert "# TYPE ovs_vport_receive_packets counter" in body
     assert "# TYPE ovs_vport info" in body
+
+
+def test_named_namespaces_carry_a_netns_label_and_their_own_health() -> None:
+    from exporter.namespaces import NamespaceSources
+
+    def open_in(name: str, timeout: float) -> FakeKernelSocket:
+        if name == "broken":
+            sock = FakeKernelSocket([])
+            sock.families = {}
+            return sock
+        return FakeKernelSocket([FakeDatapath("br-int", 7, vports=[FakeVport(1, "tap0", ifindex=5)])])
+
+    namespaces = NamespaceSources(
+        ["red", "broken"], False, 1.0, open_in, lambda: [], lambda name: (0, hash(name))
+    )
+    collector = Collector(ListSource(kernel(sample_dp())), Filters(), "1", namespaces=namespaces)
+    body = collector.scrape(Format.TEXT)
+    assert value(body, "ovs_vport_receive_packets_total", netns="red", datapath="br-int", port="tap0") == 0
+    assert value(body, "ovs_datapath_vports", netns="red", datapath="br-int") == 1
+    assert value(body, "ovs_vport_receive_packets_total", datapath="dp0", port="veth0") == 10
+    assert value(body, "ovs_netns_up", netns="red") == 1
+    assert value(body, "ovs_netns_up", netns="broken") == 0
+    assert value(body, "ovs_up") == 1

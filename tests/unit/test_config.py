@@ -47,7 +47,7 @@ def test_flags_override_the_file(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("webb: {}\n", "webb: unknown key (known keys: web, log, netlink, filters)"),
+        ("webb: {}\n", "webb: unknown key (known keys: web, log, netlink, filters, netns)"),
         ("web: {listen: ':1'}\n", "web.listen: unknown key"),
         ("web: [1]\n", "web: must be a mapping, got list"),
         ("web: {listen_address: 9310}\n", "web.listen_address: must be a string, got int"),
