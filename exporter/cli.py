@@ -17,8 +17,8 @@ from typing import Any, NoReturn
 
 from exporter import __version__, logs, webconfig
 from exporter.collector import Collector
-from exporter.namespaces import NamespaceSources
 from exporter.config import LOG_FORMATS, LOG_LEVELS, Config, ConfigError, build, load_file
+from exporter.namespaces import NamespaceSources
 from exporter.source import KernelSource, NetlinkKernelSocket
 from exporter.web import MetricsServer
 
