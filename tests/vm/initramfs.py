@@ -77,8 +77,14 @@ mount -t devtmpfs devtmpfs /newroot/dev
 mkdir -p /newroot/dev/pts /newroot/dev/shm
 mount -t devpts devpts /newroot/dev/pts
 mount -t tmpfs tmpfs /newroot/dev/shm
-mount -t tmpfs tmpfs /newroot/tmp
-mount -t tmpfs tmpfs /newroot/run
+# A fresh /tmp and /run, unless the checkout (and so the results share) lives under one of them,
+# as a CI clone may: then the overlay's own copy stays, writable on its tmpfs upper layer.
+for dir in /tmp /run; do
+    case "$VM_RESULTS" in
+        "$dir"/*) ;;
+        *) mount -t tmpfs tmpfs "/newroot$dir" ;;
+    esac
+done
 ip link set lo up
 # Interfaces the tests create get no IPv6 (its router solicitations would be stray traffic), in
 # new namespaces too.
