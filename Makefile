@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 ARGS ?=
 
-.PHONY: setup run test lint test-unit tools test-vm demo bench clean
+.PHONY: setup run test lint test-unit tools test-vm demo bench bench-vm clean
 
 $(BIN)/ovs-vport-exporter: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -44,8 +44,13 @@ demo: setup
 	bash tests/vm/setup.sh
 	$(BIN)/python -m tests.vm demo
 
+## The scrape benchmark against its baseline (docs/performance.md), and the same in the VM.
 bench: setup
-	$(BIN)/python benchmarks/scrape.py
+	$(BIN)/python -m benchmarks.scrape
+
+bench-vm: setup
+	bash tests/vm/setup.sh
+	$(BIN)/python -m tests.vm run --kernel 6.12 --quiet -- python -m benchmarks.vm_compare --vports 3000 --runs 15
 
 clean:
 	rm -rf $(VENV) .cache .mypy_cache .ruff_cache

@@ -225,7 +225,7 @@ _RENDER_BLOCK = 2048
 
 
 def _vport_info_sample(port_labels: str, vport: wire.Vport) -> str:
-    """The ``ovs_vport_info`` line. ``port_labels`` is the escaped ``datapath="..",port=".."``."""
+    """The ``ovs_vport_info`` line. ``port_labels``: the escaped labels naming the port."""
     # Attributes an older kernel does not send are left out, never filled with 0. The
     # numbers and type names need no escaping. One f-string per vport: this runs for every vport.
     optional = ""
@@ -266,7 +266,7 @@ def render_datapaths(dumps: Sequence[DatapathDump], fmt: Format) -> list[str]:
     # Block by block: every counter family's samples of one block of vports, then the next
     # block. A block's records stay in the CPU cache while the ten families read them; a
     # whole pass per family would fetch every record from memory ten times, which made a
-    # vport cost ~25% more at 50,000 vports than at 10,000.
+    # vport cost more at 50,000 vports than at 10,000.
     counter_blocks: list[list[str]] = [[] for _ in VPORT_COUNTERS]
     for start in range(0, len(rows), _RENDER_BLOCK):
         block = rows[start : start + _RENDER_BLOCK]

@@ -17,9 +17,8 @@ import struct
 import sys
 import threading
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Protocol
@@ -171,13 +170,10 @@ class _Handler(BaseHTTPRequestHandler):
         if path == self.server.telemetry_path:
             fmt = negotiate_format(self.headers.get("Accept"))
             compress = accepts_gzip(self.headers.get("Accept-Encoding"))
-            with self.server.scrape_under_way():
-                chunks = [chunk.encode("utf-8") for chunk in self.server.scraper.scrape_chunks(fmt)]
-                # Alone, a scrape deflates its body on both cores. While another one reads
-                # the kernel and renders (Python, holding the GIL, on one core), the body is
-                # deflated on the other core only, so the two overlap instead of contending.
-                alone = self.server.scrapes_under_way == 1
-                body = gzip_compress(chunks, parallel=alone) if compress else b"".join(chunks)
+            chunks, others_waiting = self.server.render(fmt)
+            # Compression runs without the GIL. Alone, a scrape deflates its body on both
+            # cores; while another one renders (on one core), on the other core only.
+            body = gzip_compress(chunks, parallel=not others_waiting) if compress else b"".join(chunks)
             self._send(HTTPStatus.OK, body, fmt.value, head, gzipped=compress)
         elif path == "/":
             self._send(HTTPStatus.OK, self.server.landing, "text/html; charset=utf-8", head)
@@ -228,8 +224,9 @@ class MetricsServer(ThreadingHTTPServer):
     ) -> None:
         self.web_config = web_config or WebConfig()
         self.request_timeout = request_timeout
-        self.scrapes_under_way = 0
-        self._scrapes_lock = threading.Lock()
+        self._render_lock = threading.Lock()
+        self._renders_pending = 0  # metrics requests that have not finished rendering
+        self._pending_lock = threading.Lock()
         self.telemetry_path = telemetry_path
         self.scraper = scraper
         self.landing = landing_page(telemetry_path, version)
@@ -252,16 +249,24 @@ class MetricsServer(ThreadingHTTPServer):
             self.server_close()
             raise
 
-    @contextmanager
-    def scrape_under_way(self) -> Iterator[None]:
-        """Counts the metrics requests being built (``scrapes_under_way``)."""
-        with self._scrapes_lock:
-            self.scrapes_under_way += 1
+    def render(self, fmt: Format) -> tuple[list[bytes], bool]:
+        """The body's chunks, encoded, and whether another request is waiting to render.
+
+        Requests render one at a time (the kernel read, the exposition and its encoding).
+        That is Python work holding the GIL, which gains nothing from overlapping; and a
+        request whose system calls must win the GIL back from another busy thread waits up
+        to a switch interval (5 ms) for each, so overlapping made both finish later.
+        """
+        with self._pending_lock:
+            self._renders_pending += 1
         try:
-            yield
+            with self._render_lock:
+                chunks = [chunk.encode("utf-8") for chunk in self.scraper.scrape_chunks(fmt)]
         finally:
-            with self._scrapes_lock:
-                self.scrapes_under_way -= 1
+            with self._pending_lock:
+                self._renders_pending -= 1
+                others_waiting = self._renders_pending > 0
+        return chunks, others_waiting
 
     def handle_error(self, request: object, client_address: object) -> None:
         """Log a failed request instead of printing a traceback to stderr; keep serving."""

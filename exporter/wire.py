@@ -162,9 +162,9 @@ class Vport(NamedTuple):
     """One vport as ``OVS_VPORT_CMD_GET`` reports it. ``None`` means "not reported".
 
     A NamedTuple rather than a frozen dataclass: a scrape builds one per vport, and
-    a tuple of numbers and strings is both cheaper to build and left alone by the
-    cyclic garbage collector (which otherwise scans every record of the scrape again
-    and again while they accumulate: ~50% more decode time per vport at 50,000 vports).
+    a tuple of numbers and strings is both cheaper to build and dropped from the
+    cyclic garbage collector's tracking. Tracked records were scanned again and again
+    while they accumulated, so a vport cost more to decode the more vports there were.
     """
 
     dp_ifindex: int

@@ -1,0 +1,1 @@
+"""Scrape benchmarks and the in-VM comparison; results and method in docs/performance.md."""

@@ -1,0 +1,385 @@
+"""Scrape benchmark: the exporter against the straightforward baseline, as Prometheus scrapes them.
+
+For each size, each implementation runs in a fresh subprocess (so its peak RSS
+is its own): it builds the kernel dumps of that many vports up front, replaces
+only the kernel socket (``benchmarks.dataset.PrebuiltKernelSocket``) and serves
+HTTP on loopback. This process is the Prometheus side: it sends real GETs with
+Prometheus's Accept and Accept-Encoding headers, reads the whole gzipped body,
+and times each scrape from connect to last byte.
+
+    .venv/bin/python -m benchmarks.scrape            # the full run documented in docs/performance.md
+    .venv/bin/python -m benchmarks.scrape --sizes 1000 --soak 0 --no-baseline   # a quick look
+
+Reported per size: median scrape time, cost per vport, peak RSS (VmHWM of the
+server process, which also holds the pre-built dump bytes: ``dataset MB``) and
+the speedup over the baseline. Then, for the exporter: two concurrent scrapes
+against two sequential ones, and RSS over a long run of scrapes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import http.client
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+# Prometheus 2.x/3.x sends exactly this when it scrapes a target (scrape_protocols default order).
+PROMETHEUS_ACCEPT = (
+    "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,"
+    "text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
+)
+SCRAPE_HEADERS = {
+    "Accept": PROMETHEUS_ACCEPT,
+    "Accept-Encoding": "gzip",
+    "User-Agent": "Prometheus/3.0.0",
+    "X-Prometheus-Scrape-Timeout-Seconds": "10",
+}
+IMPLEMENTATIONS = ("exporter", "baseline")
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+# --- server side: runs in the subprocess ---------------------------------------------------------
+
+
+def serve(implementation: str, vports: int) -> None:
+    """Build the dataset, start the server, report the port, and serve until stdin closes."""
+    from benchmarks.dataset import PrebuiltKernelSocket, build
+
+    dataset = build(vports)
+    if implementation == "exporter":
+        from exporter import __version__
+        from exporter.collector import Collector
+        from exporter.config import Filters
+        from exporter.source import KernelSource
+        from exporter.web import MetricsServer
+
+        source = KernelSource(lambda: PrebuiltKernelSocket(dataset))
+        server = MetricsServer(
+            "127.0.0.1", 0, "/metrics", Collector(source, Filters(), __version__), __version__
+        )
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        port = server.port
+    else:
+        from benchmarks import baseline
+
+        port = baseline.serve(dataset)
+    print(f"READY {port} {dataset.nbytes}", flush=True)
+    sys.stdin.read()  # the driver closes stdin when it is done
+
+
+# --- client side: the driver ---------------------------------------------------------------------
+
+
+def get_metrics(port: int, path: str = "/metrics") -> tuple[float, http.client.HTTPResponse, bytes]:
+    """One scrape as Prometheus makes it: seconds from connect to the body's last byte, response, body."""
+    started = time.perf_counter()
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+    try:
+        conn.request("GET", path, headers=SCRAPE_HEADERS)
+        response = conn.getresponse()
+        body = response.read()
+    finally:
+        conn.close()
+    return time.perf_counter() - started, response, body
+
+
+class Server:
+    """One implementation at one size, in its own process."""
+
+    def __init__(self, implementation: str, vports: int) -> None:
+        self.implementation = implementation
+        self.vports = vports
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.scrape", "--serve", implementation, "--vports", str(vports)],
+            cwd=REPO_ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline().split()
+        if not line or line[0] != "READY":
+            self.stop()
+            raise RuntimeError(f"{implementation} server for {vports} vports did not start")
+        self.port = int(line[1])
+        self.dataset_bytes = int(line[2])
+
+    def memory_mb(self, key: str) -> float:
+        """VmRSS (now) or VmHWM (peak) of the server process, in MB (10^6 bytes)."""
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024 / 1e6
+        raise KeyError(key)
+
+    def scrape(self, check: bool = False) -> float:
+        """One scrape; seconds from connect to the body's last byte."""
+        elapsed, response, body = get_metrics(self.port)
+        if check:
+            self._check(response, body)
+        return elapsed
+
+    def _check(self, response: http.client.HTTPResponse, body: bytes) -> None:
+        """The body is what Prometheus would accept, and carries every vport once."""
+        where = f"{self.implementation} at {self.vports} vports"
+        if response.status != 200:
+            raise RuntimeError(f"{where}: HTTP {response.status}")
+        if response.getheader("Content-Encoding") != "gzip":
+            raise RuntimeError(f"{where}: body not gzipped")
+        if not (response.getheader("Content-Type") or "").startswith("application/openmetrics-text"):
+            raise RuntimeError(f"{where}: not OpenMetrics: {response.getheader('Content-Type')}")
+        text = gzip.decompress(body).decode("utf-8")
+        info_lines = sum(1 for line in text.splitlines() if line.startswith("ovs_vport_info{"))
+        if info_lines != self.vports or not text.endswith("# EOF\n"):
+            raise RuntimeError(f"{where}: {info_lines} ovs_vport_info samples, or no final # EOF")
+        self.body_bytes = len(text.encode())
+        self.gzip_bytes = len(body)
+
+    def stop(self) -> None:
+        if self.proc.stdin:
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@dataclass
+class Result:
+    implementation: str
+    vports: int
+    runs: int
+    median_ms: float
+    min_ms: float
+    max_ms: float
+    us_per_vport: float
+    peak_rss_mb: float
+    idle_rss_mb: float
+    dataset_mb: float
+    body_mb: float
+    gzip_mb: float
+
+
+def measure(implementation: str, vports: int, budget: float, max_runs: int) -> Result:
+    server = Server(implementation, vports)
+    try:
+        idle = server.memory_mb("VmRSS")
+        warmup = server.scrape(check=True)  # also pays for first-use costs; not in the median
+        runs = max(3, min(max_runs, math.ceil(budget / max(warmup, 1e-3))))
+        runs |= 1  # an odd count: the median is a measured scrape
+        times = [server.scrape() for _ in range(runs)]
+        peak = server.memory_mb("VmHWM")
+    finally:
+        server.stop()
+    median = statistics.median(times)
+    return Result(
+        implementation,
+        vports,
+        runs,
+        median * 1e3,
+        min(times) * 1e3,
+        max(times) * 1e3,
+        median / vports * 1e6,
+        peak,
+        idle,
+        server.dataset_bytes / 1e6,
+        server.body_bytes / 1e6,
+        server.gzip_bytes / 1e6,
+    )
+
+
+@dataclass
+class Concurrency:
+    vports: int
+    rounds: int
+    sequential_ms: float  # median wall time of two scrapes one after the other
+    concurrent_ms: float  # median wall time of two scrapes started together
+    ratio: float  # median over the rounds of concurrent / sequential within the round
+
+
+def _scrape_after(barrier: threading.Barrier, server: Server) -> None:
+    barrier.wait()  # both requests leave together
+    server.scrape()
+
+
+def measure_concurrency(vports: int, rounds: int) -> Concurrency:
+    server = Server("exporter", vports)
+    try:
+        server.scrape(check=True)
+        sequential, concurrent = [], []
+        for _ in range(rounds):
+            started = time.perf_counter()
+            server.scrape()
+            server.scrape()
+            sequential.append(time.perf_counter() - started)
+
+            barrier = threading.Barrier(2)
+            threads = [threading.Thread(target=_scrape_after, args=(barrier, server)) for _ in range(2)]
+            started = time.perf_counter()
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            concurrent.append(time.perf_counter() - started)
+    finally:
+        server.stop()
+    return Concurrency(
+        vports,
+        rounds,
+        statistics.median(sequential) * 1e3,
+        statistics.median(concurrent) * 1e3,
+        # Each round's own ratio: both halves of a round see the same background load.
+        statistics.median(c / s for c, s in zip(concurrent, sequential, strict=True)),
+    )
+
+
+@dataclass
+class Soak:
+    vports: int
+    rss_mb: dict[int, float] = field(default_factory=dict)  # scrapes done -> VmRSS
+    peak_rss_mb: float = 0.0
+    median_ms: float = 0.0
+
+
+def measure_soak(vports: int, scrapes: int) -> Soak:
+    checkpoints = {n for n in (10, 100, 1000, 10000) if n <= scrapes} | {scrapes}
+    server = Server("exporter", vports)
+    soak = Soak(vports)
+    times = []
+    try:
+        for n in range(1, scrapes + 1):
+            times.append(server.scrape(check=n == 1))
+            if n in checkpoints:
+                soak.rss_mb[n] = server.memory_mb("VmRSS")
+        soak.peak_rss_mb = server.memory_mb("VmHWM")
+    finally:
+        server.stop()
+    soak.median_ms = statistics.median(times) * 1e3
+    return soak
+
+
+def machine() -> dict[str, str]:
+    model = "unknown"
+    for line in subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout.splitlines():
+        if line.startswith("Model name:"):
+            model = line.split(":", 1)[1].strip()
+    return {
+        "cpus": str(os.cpu_count()),
+        "nproc": subprocess.run(["nproc"], capture_output=True, text=True, check=False).stdout.strip(),
+        "cpu_model": model,
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+        "loadavg_at_start": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+    }
+
+
+def table(results: list[Result]) -> str:
+    by = {(r.implementation, r.vports): r for r in results}
+    sizes = sorted({r.vports for r in results})
+    head = (
+        "| vports | exporter median ms | exporter µs/vport | exporter peak RSS MB "
+        "| baseline median ms | baseline µs/vport | baseline peak RSS MB | speedup |\n"
+        "|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+    )
+    rows = []
+    for n in sizes:
+        e, b = by.get(("exporter", n)), by.get(("baseline", n))
+        cells = [f"{n:,}"]
+        for r in (e, b):
+            cells += (
+                [f"{r.median_ms:.1f}", f"{r.us_per_vport:.2f}", f"{r.peak_rss_mb:.1f}"]
+                if r
+                else ["-", "-", "-"]
+            )
+        cells.append(f"{b.median_ms / e.median_ms:.1f}x" if e and b else "-")
+        rows.append("| " + " | ".join(cells) + " |")
+    return head + "\n".join(rows)
+
+
+def details(results: list[Result]) -> str:
+    head = (
+        "| implementation | vports | runs | median ms | min ms | max ms | idle RSS MB | peak RSS MB "
+        "| dataset MB | body MB | gzipped MB |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+    )
+    rows = [
+        f"| {r.implementation} | {r.vports:,} | {r.runs} | {r.median_ms:.1f} | {r.min_ms:.1f} "
+        f"| {r.max_ms:.1f} | {r.idle_rss_mb:.1f} | {r.peak_rss_mb:.1f} | {r.dataset_mb:.2f} "
+        f"| {r.body_mb:.2f} | {r.gzip_mb:.2f} |"
+        for r in results
+    ]
+    return head + "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.scrape", description=__doc__.splitlines()[0])
+    p.add_argument("--sizes", default="100,1000,10000,50000", help="comma-separated vport counts")
+    p.add_argument("--budget", type=float, default=10.0, help="seconds of timed scrapes per size (about)")
+    p.add_argument("--max-runs", type=int, default=31, help="at most this many timed scrapes per size")
+    p.add_argument("--no-baseline", action="store_true", help="measure the exporter only")
+    p.add_argument("--concurrency-size", type=int, default=10000, help="0 to skip")
+    p.add_argument("--concurrency-rounds", type=int, default=15)
+    p.add_argument("--soak", type=int, default=1000, help="scrapes in the RSS run (0 to skip)")
+    p.add_argument("--soak-size", type=int, default=10000)
+    p.add_argument("--json", type=Path, help="also write every figure to this file")
+    p.add_argument("--serve", choices=IMPLEMENTATIONS, help=argparse.SUPPRESS)
+    p.add_argument("--vports", type=int, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.serve:
+        serve(args.serve, args.vports)
+        return 0
+
+    info = machine()
+    print(f"# machine: {info['nproc']} CPUs ({info['cpu_model']}), Python {info['python']}, "
+          f"kernel {info['kernel']}", flush=True)  # fmt: skip
+    sizes = [int(s) for s in args.sizes.split(",") if s]
+    implementations = ["exporter"] if args.no_baseline else list(IMPLEMENTATIONS)
+    results = []
+    for n in sizes:
+        for implementation in implementations:
+            r = measure(implementation, n, args.budget, args.max_runs)
+            print(
+                f"# {implementation:8} {n:>6} vports: median {r.median_ms:9.1f} ms over {r.runs} runs,"
+                f" {r.us_per_vport:7.2f} µs/vport, peak RSS {r.peak_rss_mb:6.1f} MB",
+                flush=True,
+            )
+            results.append(r)
+    report: dict[str, object] = {"machine": info, "results": [asdict(r) for r in results]}
+    print()
+    print(table(results))
+    print()
+    print(details(results))
+
+    if args.concurrency_size:
+        c = measure_concurrency(args.concurrency_size, args.concurrency_rounds)
+        report["concurrency"] = asdict(c)
+        print(
+            f"\nconcurrency, exporter at {c.vports:,} vports, median of {c.rounds} rounds:"
+            f" two sequential scrapes {c.sequential_ms:.1f} ms, two concurrent scrapes"
+            f" {c.concurrent_ms:.1f} ms; concurrent/sequential, median of the rounds' ratios: {c.ratio:.2f}"
+        )
+    if args.soak:
+        s = measure_soak(args.soak_size, args.soak)
+        report["soak"] = asdict(s)
+        after = ", ".join(f"{n} scrapes {mb:.1f} MB" for n, mb in sorted(s.rss_mb.items()))
+        print(f"\nRSS of the exporter at {s.vports:,} vports after {after}; peak {s.peak_rss_mb:.1f} MB; "
+              f"median scrape over the run {s.median_ms:.1f} ms")  # fmt: skip
+    # Other work on the machine skews every figure: the load average says how quiet it was.
+    info["loadavg_at_end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(f"\nload average at start {info['loadavg_at_start']}, at end {info['loadavg_at_end']}")
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

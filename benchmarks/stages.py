@@ -1,0 +1,68 @@
+"""Where a scrape's time goes: each stage of the exporter's path timed alone, in one process.
+
+    .venv/bin/python -m benchmarks.stages [--sizes 1000,10000,50000]
+
+Stages, on the same pre-built kernel dumps as ``benchmarks.scrape``:
+``collect`` (the kernel socket's bytes decoded into records, ``KernelSource.collect``),
+``render`` (the exposition of those records, ``render_datapaths``), ``body`` (a whole
+``Collector.scrape_chunks`` with the exporter's own families, encoded to bytes) and
+``gzip`` (``web.gzip_compress`` of that body). Each figure is the fastest of several
+runs, per vport: the least disturbed by other work on the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable
+
+from benchmarks.dataset import PrebuiltKernelSocket, build
+from exporter.collector import Collector
+from exporter.config import Filters
+from exporter.exposition import Format, render_datapaths
+from exporter.source import DatapathDump, KernelSource
+from exporter.web import gzip_compress
+
+
+def fastest(fn: Callable[[], object], runs: int) -> float:
+    best = float("inf")
+    for _ in range(runs):
+        started = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
+def _fastest_render(dumps: list[DatapathDump], runs: int) -> float:
+    return fastest(lambda: render_datapaths(dumps, Format.OPENMETRICS), runs)
+
+
+def measure(vports: int) -> list[float]:
+    """Seconds of each stage at this size: collect, render, body, gzip."""
+    dataset = build(vports)
+    source = KernelSource(lambda: PrebuiltKernelSocket(dataset))
+    collector = Collector(source, Filters(), "stages")
+    runs = max(7, 200_000 // vports)
+    # Each stage is timed with only what a server would hold at that point alive.
+    collect = fastest(source.collect, runs)
+    body = fastest(lambda: [c.encode() for c in collector.scrape_chunks(Format.OPENMETRICS)], runs)
+    render = _fastest_render(source.collect(), runs)
+    chunks = [c.encode() for c in collector.scrape_chunks(Format.OPENMETRICS)]
+    return [collect, render, body, fastest(lambda: gzip_compress(chunks), runs)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.stages", description=__doc__.splitlines()[0])
+    p.add_argument("--sizes", default="1000,10000,50000")
+    args = p.parse_args(argv)
+    print("| vports | collect µs/vport | render µs/vport | body µs/vport | gzip µs/vport (wall) |")
+    print("|---:|---:|---:|---:|---:|")
+    for vports in (int(s) for s in args.sizes.split(",")):
+        figures = measure(vports)
+        print(f"| {vports:,} | " + " | ".join(f"{f / vports * 1e6:.2f}" for f in figures) + " |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
