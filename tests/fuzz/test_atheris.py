@@ -21,7 +21,8 @@ def test_decoder_survives_bounded_fuzzing(tmp_path: Path) -> None:
     result = subprocess.run(
         [
             sys.executable,
-            str(ROOT / "tests" / "fuzz" / "fuzz_wire.py"),
+            "-m",
+            "tests.fuzz.fuzz_wire",
             f"-runs={RUNS}",
             "-max_total_time=120",
             "-rss_limit_mb=1024",

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from exporter import wire
 from exporter.source import KernelSource
+from tests.fuzz.decode import decode_everything
 from tests.ovs_messages import FakeDatapath, FakeKernelSocket, FakeVport, done, vport_message
 
 u64 = st.integers(0, 2**64 - 1)
@@ -29,16 +30,6 @@ vports = st.builds(
     upcall=st.none() | st.tuples(u64, u64),
     dst_port=st.none() | st.integers(0, 65535),
 )
-
-
-def decode_everything(data: bytes) -> None:
-    for message in wire.iter_messages(data):
-        if message.type == 0x1A:
-            wire.decode_datapath(data, message)
-        elif message.type in (wire.NLMSG_DONE, wire.NLMSG_ERROR):
-            wire.error_code(data, message)
-        else:
-            wire.decode_vport(data, message)
 
 
 @given(st.binary(max_size=2048))

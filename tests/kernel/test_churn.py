@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import threading
 import time
 
+from .churn import Churn
 from .conftest import consistent
 from .ovsnl import VPORT_INTERNAL, VPORT_VXLAN, OvsNetlink
 from .procs import Exporter
@@ -57,38 +57,13 @@ def test_churn_during_scrapes_never_duplicates_or_fails(
     nl: OvsNetlink, topology: Topology, exporter: Exporter
 ) -> None:
     """Vports and a datapath come and go while the exporter dumps (the dump may see a port twice)."""
-    stop = threading.Event()
-    errors: list[BaseException] = []
-    rounds = [0]
-
-    def churn() -> None:
-        try:
-            with OvsNetlink() as sock:
-                ovs_b = topology.datapaths["ovs-b"]
-                while not stop.is_set():
-                    for i in range(4):
-                        sock.new_vport(ovs_b, f"chn{i}", VPORT_INTERNAL)
-                    dp = sock.new_datapath("ovs-churn")
-                    sock.new_vport(dp, "chx", VPORT_INTERNAL)
-                    for i in range(4):
-                        sock.del_vport(f"chn{i}")
-                    sock.del_datapath("ovs-churn")
-                    rounds[0] += 1
-        except BaseException as e:  # noqa: BLE001 - reported by the main thread
-            errors.append(e)
-
-    worker = threading.Thread(target=churn, daemon=True)
-    worker.start()
     scrapes: list[Scrape] = []
-    try:
+    with Churn(topology.datapaths["ovs-b"], "chn", ports=4) as churn:
         deadline = time.monotonic() + 20
         while len(scrapes) < 15 and time.monotonic() < deadline:
             scrapes.append(exporter.scrape())
-    finally:
-        stop.set()
-        worker.join(timeout=30)
-    assert not errors, errors
-    assert rounds[0] > 0, "the churn thread never completed a round"
+    assert not churn.errors, churn.errors
+    assert churn.rounds > 0, "the churn thread never completed a round"
     for scrape in scrapes:
         assert not scrape.duplicates(), scrape.duplicates()
         assert scrape.value("ovs_up") == 1

@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import threading
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -15,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from .churn import Churn
 from .conftest import HAS_UPCALL_STATS
-from .ovsnl import VPORT_INTERNAL, OvsNetlink
+from .ovsnl import OvsNetlink
 from .procs import Exporter, tool
 from .promtext import Scrape
 from .topology import Topology
@@ -43,38 +43,12 @@ def promtool_check(body: str) -> str:
 def test_hundreds_of_scrapes_during_churn_are_all_valid(
     nl: OvsNetlink, topology: Topology, exporter: Exporter, results_dir: Path
 ) -> None:
-    stop = threading.Event()
-    errors: list[BaseException] = []
-    rounds = [0]
-
-    def churn() -> None:
-        try:
-            with OvsNetlink() as sock:
-                ovs_b = topology.datapaths["ovs-b"]
-                while not stop.is_set():
-                    for i in range(3):
-                        sock.new_vport(ovs_b, f"sk{i}", VPORT_INTERNAL)
-                    dp = sock.new_datapath("ovs-soak")
-                    sock.new_vport(dp, "skx", VPORT_INTERNAL)
-                    for i in range(3):
-                        sock.del_vport(f"sk{i}")
-                    sock.del_datapath("ovs-soak")
-                    rounds[0] += 1
-        except BaseException as err:  # noqa: BLE001 - reported by the main thread
-            errors.append(err)
-
-    worker = threading.Thread(target=churn, daemon=True)
-    worker.start()
-    bodies: list[str] = []
-    try:
+    with Churn(topology.datapaths["ovs-b"], "sk", ports=3) as churn:
         # The text format: the one `promtool check metrics` reads (Prometheus itself scrapes
         # OpenMetrics in test_prometheus).
-        bodies.extend(get(exporter.url) for _ in range(CHURN_SCRAPES))
-    finally:
-        stop.set()
-        worker.join(timeout=30)
-    assert not errors, errors
-    assert rounds[0] > 0
+        bodies = [get(exporter.url) for _ in range(CHURN_SCRAPES)]
+    assert not churn.errors, churn.errors
+    assert churn.rounds > 0
     for body in bodies:
         scrape = Scrape.parse(body)
         assert not scrape.duplicates(), scrape.duplicates()
@@ -83,7 +57,7 @@ def test_hundreds_of_scrapes_during_churn_are_all_valid(
     with ThreadPoolExecutor(max_workers=2) as pool:
         problems = [p for p in pool.map(promtool_check, bodies) if p]
     assert not problems, problems[:3]
-    print(f"churn: {CHURN_SCRAPES} scrapes, {rounds[0]} churn rounds, all valid by promtool")
+    print(f"churn: {CHURN_SCRAPES} scrapes, {churn.rounds} churn rounds, all valid by promtool")
 
 
 def proc_rss_kib(pid: int) -> int:
