@@ -23,12 +23,12 @@ from exporter import wire
 from exporter.config import Filters
 from exporter.exposition import (
     Format,
-    escape_label_value,
     family_header,
     render_counter,
     render_datapaths,
     render_gauge,
     render_info,
+    render_labels,
 )
 from exporter.namespaces import NamespaceSources
 from exporter.source import DatapathDump, FamilyNotFoundError
@@ -90,14 +90,14 @@ class Collector:
     ) -> None:
         self._source = source
         self._namespaces = namespaces
-        self._namespace_failures: dict[str, str] = {}
         self._filters = filters
         self._version = version
         self._clock = clock
         # The kernel socket is not shared between threads; concurrent scrapes queue here.
         self._lock = threading.Lock()
         self._errors = 0
-        self._last_failure: str | None = None
+        # The last failure logged for each source ("" is the exporter's own namespace).
+        self._failures: dict[str, str] = {}
         self._runtime = CollectorRegistry(auto_describe=True)
         ProcessCollector(registry=self._runtime)
         PlatformCollector(registry=self._runtime)
@@ -135,7 +135,7 @@ class Collector:
                 )
             )
             chunks.extend(
-                f'ovs_netns_up{{netns="{escape_label_value(name)}"}} {ok}\n' for name, ok in namespaces_up
+                f"ovs_netns_up{render_labels([('netns', name)])} {ok}\n" for name, ok in namespaces_up
             )
         chunks.append(
             render_gauge(
@@ -175,17 +175,14 @@ class Collector:
             return []
         health: list[tuple[str, int]] = []
         for result in self._namespaces.collect():
+            where = f"network namespace {result.netns}: "
             if result.error is None:
                 dumps.extend(apply_filters(result.dumps, self._filters))
                 health.append((result.netns, 1))
-                if self._namespace_failures.pop(result.netns, None) is not None:
-                    log.info("network namespace %s: scrape succeeded again", result.netns)
-                continue
-            health.append((result.netns, 0))
-            message = _describe(result.error)
-            if self._namespace_failures.get(result.netns) != message:
-                log.error("network namespace %s: scrape failed: %s", result.netns, message)
-                self._namespace_failures[result.netns] = message
+                self._log_recovery(where)
+            else:
+                health.append((result.netns, 0))
+                self._log_failure(where, result.error)
         return health
 
     def _read_source(self) -> tuple[list[DatapathDump], int]:
@@ -193,17 +190,23 @@ class Collector:
             dumps = apply_filters(self._source.collect(), self._filters)
         except Exception as err:  # noqa: BLE001 - a scrape reports every failure, never raises
             self._errors += 1
-            message = _describe(err)
-            if message != self._last_failure:
-                # Logged once per distinct failure, not on every scrape while it lasts.
-                log_fn = log.warning if isinstance(err, FamilyNotFoundError) else log.error
-                log_fn("scrape failed: %s", message, exc_info=_is_unexpected(err))
-                self._last_failure = message
+            self._log_failure("", err)
             return [], 0
-        if self._last_failure is not None:
-            log.info("scrape succeeded again after: %s", self._last_failure)
-            self._last_failure = None
+        self._log_recovery("")
         return dumps, 1
+
+    def _log_failure(self, where: str, err: BaseException) -> None:
+        """Log a failure once per distinct failure of a source, not on every scrape while it lasts."""
+        message = _describe(err)
+        if self._failures.get(where) != message:
+            log_fn = log.warning if isinstance(err, FamilyNotFoundError) else log.error
+            log_fn("%sscrape failed: %s", where, message, exc_info=_is_unexpected(err))
+            self._failures[where] = message
+
+    def _log_recovery(self, where: str) -> None:
+        last = self._failures.pop(where, None)
+        if last is not None:
+            log.info("%sscrape succeeded again after: %s", where, last)
 
 
 def _is_unexpected(err: BaseException) -> bool:
