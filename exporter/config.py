@@ -92,7 +92,8 @@ def parse_listen_address(address: str) -> tuple[str, int]:
     return host, port
 
 
-def _mapping(value: Any, where: str) -> Mapping[str, Any]:
+def mapping(value: Any, where: str) -> Mapping[str, Any]:
+    """A YAML section as a mapping with string keys (absent: empty), or ConfigError."""
     if value is None:
         return {}
     if not isinstance(value, Mapping):
@@ -107,7 +108,8 @@ def _type_name(value: Any) -> str:
     return "null" if value is None else type(value).__name__
 
 
-def _check_keys(section: Mapping[str, Any], allowed: tuple[str, ...], where: str) -> None:
+def check_keys(section: Mapping[str, Any], allowed: tuple[str, ...], where: str) -> None:
+    """Refuse any key of ``section`` not in ``allowed``, naming its full path."""
     for key in section:
         if key not in allowed:
             prefix = f"{where}." if where else ""
@@ -131,12 +133,12 @@ def compile_pattern(pattern: str, where: str) -> re.Pattern[str]:
 
 
 def _file_filters(section: Mapping[str, Any]) -> dict[str, dict[str, str]]:
-    _check_keys(section, FILTER_SUBJECTS, "filters")
+    check_keys(section, FILTER_SUBJECTS, "filters")
     result: dict[str, dict[str, str]] = {}
     for subject in FILTER_SUBJECTS:
         where = f"filters.{subject}"
-        rules = _mapping(section.get(subject), where)
-        _check_keys(rules, ("include", "exclude"), where)
+        rules = mapping(section.get(subject), where)
+        check_keys(rules, ("include", "exclude"), where)
         result[subject] = {}
         for rule in ("include", "exclude"):
             value = _string(rules, rule, where)
@@ -145,47 +147,51 @@ def _file_filters(section: Mapping[str, Any]) -> dict[str, dict[str, str]]:
     return result
 
 
+def parse_yaml(text: str) -> Any:
+    """The YAML document in ``text``, or ConfigError saying where it is malformed."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"invalid YAML{at}: {problem}") from None
+
+
 def load_file(path: Path) -> dict[str, Any]:
     """Read and check the YAML file; return its settings flattened to Config field names."""
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as err:
         raise ConfigError(f"cannot read config file: {err.strerror}: {path}") from None
-    try:
-        document = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise ConfigError(f"invalid YAML{at}: {problem}") from None
-    top = _mapping(document, "top level")
-    _check_keys(top, tuple(_FILE_KEYS), "")
+    top = mapping(parse_yaml(text), "top level")
+    check_keys(top, tuple(_FILE_KEYS), "")
     settings: dict[str, Any] = {}
 
-    web = _mapping(top.get("web"), "web")
-    _check_keys(web, _FILE_KEYS["web"], "web")
+    web = mapping(top.get("web"), "web")
+    check_keys(web, _FILE_KEYS["web"], "web")
     for key in _FILE_KEYS["web"]:
         value = _string(web, key, "web")
         if value is not None:
             settings[key] = value
 
-    log = _mapping(top.get("log"), "log")
-    _check_keys(log, _FILE_KEYS["log"], "log")
+    log = mapping(top.get("log"), "log")
+    check_keys(log, _FILE_KEYS["log"], "log")
     for key in _FILE_KEYS["log"]:
         value = _string(log, key, "log")
         if value is not None:
             settings[f"log_{key}"] = value
 
-    netlink = _mapping(top.get("netlink"), "netlink")
-    _check_keys(netlink, _FILE_KEYS["netlink"], "netlink")
+    netlink = mapping(top.get("netlink"), "netlink")
+    check_keys(netlink, _FILE_KEYS["netlink"], "netlink")
     timeout = netlink.get("timeout_seconds")
     if timeout is not None:
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
             raise ConfigError(f"netlink.timeout_seconds: must be a number, got {_type_name(timeout)}")
         settings["netlink_timeout"] = float(timeout)
 
-    netns = _mapping(top.get("netns"), "netns")
-    _check_keys(netns, _FILE_KEYS["netns"], "netns")
+    netns = mapping(top.get("netns"), "netns")
+    check_keys(netns, _FILE_KEYS["netns"], "netns")
     names = netns.get("names")
     if names is not None:
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
@@ -197,7 +203,7 @@ def load_file(path: Path) -> dict[str, Any]:
             raise ConfigError(f"netns.all: must be true or false, got {_type_name(all_namespaces)}")
         settings["netns_all"] = all_namespaces
 
-    settings["filters"] = _file_filters(_mapping(top.get("filters"), "filters"))
+    settings["filters"] = _file_filters(mapping(top.get("filters"), "filters"))
     return settings
 
 

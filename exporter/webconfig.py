@@ -20,9 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import bcrypt
-import yaml
 
-from exporter.config import ConfigError
+from exporter.config import ConfigError, check_keys, mapping, parse_yaml
 
 _TLS_VERSIONS = {
     "TLS10": ssl.TLSVersion.TLSv1,
@@ -99,20 +98,6 @@ class WebConfig:
         return ok
 
 
-def _mapping(value: Any, where: str) -> Mapping[str, Any]:
-    if value is None:
-        return {}
-    if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
-        raise ConfigError(f"{where}: must be a mapping with string keys")
-    return value
-
-
-def _check_keys(section: Mapping[str, Any], allowed: tuple[str, ...], where: str) -> None:
-    for key in section:
-        if key not in allowed:
-            raise ConfigError(f"{where}.{key}: unknown key (known keys: {', '.join(allowed)})")
-
-
 def _path(section: Mapping[str, Any], key: str, where: str, base: Path) -> Path | None:
     value = section.get(key)
     if value is None or value == "":
@@ -128,7 +113,7 @@ def _tls_context(section: Mapping[str, Any], base: Path) -> ssl.SSLContext | Non
     for name in section:
         if name in _TLS_UNSUPPORTED:
             raise ConfigError(f"{where}.{name}: not supported by this exporter")
-    _check_keys(section, _TLS_KEYS, where)
+    check_keys(section, _TLS_KEYS, where)
     cert = _path(section, "cert_file", where, base)
     key = _path(section, "key_file", where, base)
     if cert is None and key is None and not section:
@@ -191,8 +176,8 @@ def _users(section: Mapping[str, Any]) -> dict[str, bytes]:
 
 
 def _headers(section: Mapping[str, Any]) -> dict[str, str]:
-    _check_keys(section, _HTTP_KEYS, "http_server_config")
-    headers = _mapping(section.get("headers"), "http_server_config.headers")
+    check_keys(section, _HTTP_KEYS, "http_server_config")
+    headers = mapping(section.get("headers"), "http_server_config.headers")
     for name, value in headers.items():
         if name not in _ALLOWED_HEADERS:
             raise ConfigError(
@@ -206,20 +191,14 @@ def _headers(section: Mapping[str, Any]) -> dict[str, str]:
 def load(path: Path) -> WebConfig:
     """Read and check a web config file; relative paths in it are relative to the file."""
     try:
-        document = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
     except OSError as err:
         raise ConfigError(f"cannot read: {err.strerror}") from None
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        raise ConfigError(f"invalid YAML{at}") from None
-    top = _mapping(document, "top level")
-    for key in top:
-        if key not in _TOP_KEYS:
-            raise ConfigError(f"{key}: unknown key (known keys: {', '.join(_TOP_KEYS)})")
+    top = mapping(parse_yaml(text), "top level")
+    check_keys(top, _TOP_KEYS, "")
     base = path.resolve().parent
     return WebConfig(
-        ssl_context=_tls_context(_mapping(top.get("tls_server_config"), "tls_server_config"), base),
-        basic_auth_users=_users(_mapping(top.get("basic_auth_users"), "basic_auth_users")),
-        headers=_headers(_mapping(top.get("http_server_config"), "http_server_config")),
+        ssl_context=_tls_context(mapping(top.get("tls_server_config"), "tls_server_config"), base),
+        basic_auth_users=_users(mapping(top.get("basic_auth_users"), "basic_auth_users")),
+        headers=_headers(mapping(top.get("http_server_config"), "http_server_config")),
     )
