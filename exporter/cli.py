@@ -17,7 +17,15 @@ from typing import Any, NoReturn
 
 from exporter import __version__, logs, webconfig
 from exporter.collector import Collector
-from exporter.config import LOG_FORMATS, LOG_LEVELS, Config, ConfigError, build, load_file
+from exporter.config import (
+    LOG_FORMATS,
+    LOG_LEVELS,
+    VPORT_METRIC_GROUPS,
+    Config,
+    ConfigError,
+    build,
+    load_file,
+)
 from exporter.namespaces import NamespaceSources
 from exporter.source import KernelSource, NetlinkKernelSocket
 from exporter.web import MetricsServer
@@ -40,6 +48,7 @@ _FLAG_OF_KEY = {
     "web.telemetry_path": "--web.telemetry-path",
     "netlink.timeout_seconds": "--netlink.timeout",
     "netns.names": "--collector.netns",
+    "collector.vport_metrics": "--collector.vport.metrics",
     **{f"filters.{subject}.{rule}": flag for flag, subject, rule in _FILTER_FLAGS},
 }
 
@@ -125,6 +134,13 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="Also collect from every network namespace under /run/netns. Needs CAP_SYS_ADMIN.",
     )
+    p.add_argument(
+        "--collector.vport.metrics",
+        dest="vport_metrics",
+        metavar="GROUPS",
+        help="Comma-separated per-vport metric groups to serve "
+        f"(default all: {','.join(VPORT_METRIC_GROUPS)}); empty serves no per-vport series.",
+    )
     p.add_argument("--version", action="version", version=f"{PROG} version {__version__}")
     return p  # fmt: skip
 
@@ -147,6 +163,8 @@ def load_config(argv: Sequence[str]) -> Config:
                     flag_settings["filters"].setdefault(subject, {})[rule] = value
         elif key == "netns_names":
             flag_settings[key] = tuple(value)
+        elif key == "vport_metrics":
+            flag_settings[key] = tuple(group.strip() for group in value.split(",") if group.strip())
         else:
             flag_settings[key] = value
     if config_file is not None:
@@ -184,7 +202,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     namespaces = None
     if config.netns_names or config.netns_all:
         namespaces = NamespaceSources(config.netns_names, config.netns_all, config.netlink_timeout)
-    collector = Collector(source, config.filters, __version__, namespaces=namespaces)
+    collector = Collector(
+        source, config.filters, __version__, namespaces=namespaces, vport_metrics=config.vport_metrics
+    )
     host, port = config.listen_host_port
     try:
         server = MetricsServer(host, port, config.telemetry_path, collector, __version__, web_config)

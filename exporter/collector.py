@@ -12,7 +12,7 @@ import errno
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Protocol
 
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
@@ -20,7 +20,7 @@ from prometheus_client import generate_latest as generate_text
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 
 from exporter import wire
-from exporter.config import Filters
+from exporter.config import VPORT_METRIC_GROUPS, Filters
 from exporter.exposition import (
     Format,
     family_header,
@@ -29,6 +29,7 @@ from exporter.exposition import (
     render_gauge,
     render_info,
     render_labels,
+    vport_counters,
 )
 from exporter.namespaces import NamespaceSources
 from exporter.source import DatapathDump, FamilyNotFoundError
@@ -87,8 +88,12 @@ class Collector:
         version: str,
         clock: Callable[[], float] = time.perf_counter,
         namespaces: NamespaceSources | None = None,
+        vport_metrics: Collection[str] = VPORT_METRIC_GROUPS,
     ) -> None:
         self._source = source
+        # The per-vport families to serve (--collector.vport.metrics), chosen once.
+        self._counters = vport_counters(vport_metrics)
+        self._vport_info = "info" in vport_metrics
         self._namespaces = namespaces
         self._filters = filters
         self._version = version
@@ -117,7 +122,7 @@ class Collector:
             started = self._clock()
             dumps, up = self._read_source()
             namespaces_up = self._read_namespaces(dumps)
-            chunks = render_datapaths(dumps, fmt)
+            chunks = render_datapaths(dumps, fmt, self._counters, self._vport_info)
             duration = self._clock() - started
             errors = self._errors
         chunks.append(

@@ -20,6 +20,9 @@ import yaml
 LOG_LEVELS = ("debug", "info", "warn", "error")
 LOG_FORMATS = ("logfmt", "json")
 FILTER_SUBJECTS = ("datapath", "port", "vport_type")
+# Per-vport metric groups an operator can choose (--collector.vport.metrics), in the order the
+# README lists them; exposition.VPORT_METRIC_GROUPS says which families each one serves.
+VPORT_METRIC_GROUPS = ("packets", "bytes", "errors", "dropped", "upcalls", "info")
 
 
 class ConfigError(Exception):
@@ -62,6 +65,7 @@ class Config:
     netns_names: tuple[str, ...] = ()  # named network namespaces to collect from as well
     netns_all: bool = False  # and every namespace under /run/netns
     web_config_file: str | None = None  # exporter-toolkit web config, flag only (as in node_exporter)
+    vport_metrics: tuple[str, ...] = VPORT_METRIC_GROUPS  # the per-vport metric groups served
 
     @property
     def listen_host_port(self) -> tuple[str, int]:
@@ -76,6 +80,7 @@ _FILE_KEYS: dict[str, tuple[str, ...]] = {
     "netlink": ("timeout_seconds",),
     "filters": FILTER_SUBJECTS,
     "netns": ("names", "all"),
+    "collector": ("vport_metrics",),
 }
 
 
@@ -203,8 +208,27 @@ def load_file(path: Path) -> dict[str, Any]:
             raise ConfigError(f"netns.all: must be true or false, got {_type_name(all_namespaces)}")
         settings["netns_all"] = all_namespaces
 
+    collector = mapping(top.get("collector"), "collector")
+    check_keys(collector, _FILE_KEYS["collector"], "collector")
+    groups = collector.get("vport_metrics")
+    if groups is not None:
+        if not isinstance(groups, list) or not all(isinstance(g, str) for g in groups):
+            raise ConfigError(f"collector.vport_metrics: must be a list of strings, got {_type_name(groups)}")
+        settings["vport_metrics"] = tuple(groups)
+
     settings["filters"] = _file_filters(mapping(top.get("filters"), "filters"))
     return settings
+
+
+def vport_metric_groups(names: tuple[str, ...]) -> tuple[str, ...]:
+    """The chosen groups in their canonical order, or ConfigError naming an unknown one."""
+    for name in names:
+        if name not in VPORT_METRIC_GROUPS:
+            raise ConfigError(
+                f"collector.vport_metrics: unknown metric group {name!r}"
+                f" (known: {', '.join(VPORT_METRIC_GROUPS)})"
+            )
+    return tuple(group for group in VPORT_METRIC_GROUPS if group in names)
 
 
 def build(file_settings: Mapping[str, Any], flag_settings: Mapping[str, Any]) -> Config:
@@ -237,6 +261,8 @@ def build(file_settings: Mapping[str, Any], flag_settings: Mapping[str, Any]) ->
     for name in config.netns_names:
         if not name or "/" in name or name in (".", "..") or "\0" in name:
             raise ConfigError(f"netns.names: {name!r} is not a namespace name (as under /run/netns)")
+
+    merged["vport_metrics"] = vport_metric_groups(tuple(config.vport_metrics))
 
     filters: dict[str, NameFilter] = {}
     for subject in FILTER_SUBJECTS:

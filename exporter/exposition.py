@@ -108,6 +108,23 @@ VPORT_COUNTERS: tuple[VportCounter, ...] = (
 
 VPORT_INFO = ("ovs_vport", "Static attributes of a vport (value 1).")
 
+# The per-vport metric groups an operator chooses with --collector.vport.metrics
+# (config.VPORT_METRIC_GROUPS) -> the families each one serves.
+VPORT_METRIC_GROUPS: dict[str, tuple[str, ...]] = {
+    "packets": ("ovs_vport_receive_packets", "ovs_vport_transmit_packets"),
+    "bytes": ("ovs_vport_receive_bytes", "ovs_vport_transmit_bytes"),
+    "errors": ("ovs_vport_receive_errors", "ovs_vport_transmit_errors"),
+    "dropped": ("ovs_vport_receive_dropped", "ovs_vport_transmit_dropped"),
+    "upcalls": ("ovs_vport_upcalls", "ovs_vport_upcall_failures"),
+    "info": (VPORT_INFO[0],),
+}
+
+
+def vport_counters(groups: Iterable[str]) -> tuple[VportCounter, ...]:
+    """The counter families of the chosen groups, in exposition order."""
+    names = {name for group in groups for name in VPORT_METRIC_GROUPS[group]}
+    return tuple(counter for counter in VPORT_COUNTERS if counter.name in names)
+
 
 @dataclass(frozen=True, slots=True)
 class DatapathMetric:
@@ -245,8 +262,16 @@ def _datapath_labels(dump: DatapathDump) -> str:
     return labels if dump.netns is None else f'netns="{escape_label_value(dump.netns)}",{labels}'
 
 
-def render_datapaths(dumps: Sequence[DatapathDump], fmt: Format) -> list[str]:
+def render_datapaths(
+    dumps: Sequence[DatapathDump],
+    fmt: Format,
+    counters: Sequence[VportCounter] = VPORT_COUNTERS,
+    vport_info: bool = True,
+) -> list[str]:
     """The exposition of every datapath and vport, as chunks to join.
+
+    ``counters`` and ``vport_info`` are the per-vport families to serve
+    (``vport_counters``; --collector.vport.metrics); the datapath families are always served.
 
     A family with no samples (no vports, or upcall stats on a kernel before 6.2)
     is left out entirely: absent means "not reported", never zero.
@@ -267,10 +292,10 @@ def render_datapaths(dumps: Sequence[DatapathDump], fmt: Format) -> list[str]:
     # block. A block's records stay in the CPU cache while the ten families read them; a
     # whole pass per family would fetch every record from memory ten times, which made a
     # vport cost more at 50,000 vports than at 10,000.
-    counter_blocks: list[list[str]] = [[] for _ in VPORT_COUNTERS]
+    counter_blocks: list[list[str]] = [[] for _ in counters]
     for start in range(0, len(rows), _RENDER_BLOCK):
         block = rows[start : start + _RENDER_BLOCK]
-        for blocks, counter in zip(counter_blocks, VPORT_COUNTERS, strict=True):
+        for blocks, counter in zip(counter_blocks, counters, strict=True):
             sample = counter.name + "_total"
             value = counter.value
             blocks.append(
@@ -282,12 +307,12 @@ def render_datapaths(dumps: Sequence[DatapathDump], fmt: Format) -> list[str]:
                     ]
                 )
             )
-    for blocks, counter in zip(counter_blocks, VPORT_COUNTERS, strict=True):
+    for blocks, counter in zip(counter_blocks, counters, strict=True):
         if any(blocks):
             out.append(family_header(counter.name, "counter", counter.help, fmt))
             out.extend(blocks)
 
-    if rows:
+    if rows and vport_info:
         out.append(family_header(VPORT_INFO[0], "info", VPORT_INFO[1], fmt))
         out.append("".join([_vport_info_sample(labels, vport) for labels, vport in rows]))
 

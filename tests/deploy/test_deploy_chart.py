@@ -107,6 +107,7 @@ SCENARIOS: dict[str, dict[str, Any]] = {
             "log": {"level": "debug", "format": "json"},
             "netlink": {"timeout_seconds": 2.5},
             "filters": {"port": {"exclude": "tap.*"}, "vport_type": {"include": "netdev|internal"}},
+            "collector": {"vport_metrics": ["packets", "bytes", "info"]},
         },
         "extraArgs": ["--netlink.timeout=3"],
         "extraEnv": [{"name": "TZ", "value": "UTC"}],
@@ -158,6 +159,10 @@ BAD_VALUES: dict[str, tuple[dict[str, Any], list[str]]] = {
     "unknown filter subject": (
         {"config": {"filters": {"bridge": {"include": "x"}}}},
         ["'bridge' not allowed"],
+    ),
+    "unknown vport metric group": (
+        {"config": {"collector": {"vport_metrics": ["packets", "drops"]}}},
+        ["/config/collector/vport_metrics/1"],
     ),
     "netlink timeout zero": (
         {"config": {"netlink": {"timeout_seconds": 0}}},

@@ -9,10 +9,10 @@ import re
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter import wire
+from exporter import config, wire
 from exporter.collector import Collector
 from exporter.config import Filters, NameFilter
-from exporter.exposition import Format
+from exporter.exposition import VPORT_COUNTERS, VPORT_INFO, VPORT_METRIC_GROUPS, Format
 from exporter.source import DatapathDump, FamilyNotFoundError, KernelSource
 from tests.ovs_messages import FakeDatapath, FakeKernelSocket, FakeVport
 
@@ -226,3 +226,23 @@ def test_named_namespaces_carry_a_netns_label_and_their_own_health() -> None:
     assert value(body, "ovs_netns_up", netns="red") == 1
     assert value(body, "ovs_netns_up", netns="broken") == 0
     assert value(body, "ovs_up") == 1
+
+
+def test_vport_metric_groups_choose_the_families_served() -> None:
+    dumps = kernel(sample_dp())
+    body = Collector(ListSource(dumps), Filters(), "1", vport_metrics=("bytes", "info")).scrape(Format.TEXT)
+    names = {name for name, _ in samples(body) if name.startswith("ovs_vport")}
+    assert names == {"ovs_vport_receive_bytes_total", "ovs_vport_transmit_bytes_total", "ovs_vport_info"}
+    # The datapath families and the exporter's health stay.
+    assert value(body, "ovs_datapath_vports", datapath="dp0") == 3
+    assert value(body, "ovs_up") == 1
+
+    none = Collector(ListSource(dumps), Filters(), "1", vport_metrics=()).scrape(Format.OPENMETRICS)
+    assert "ovs_vport" not in none
+    assert 'ovs_datapath_lookup_hits_total{datapath="dp0"} 100' in none
+
+
+def test_every_vport_family_is_in_exactly_one_group() -> None:
+    assert tuple(VPORT_METRIC_GROUPS) == config.VPORT_METRIC_GROUPS
+    families = [name for group in VPORT_METRIC_GROUPS.values() for name in group]
+    assert sorted(families) == sorted([c.name for c in VPORT_COUNTERS] + [VPORT_INFO[0]])

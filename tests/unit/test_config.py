@@ -47,7 +47,7 @@ def test_flags_override_the_file(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("webb: {}\n", "webb: unknown key (known keys: web, log, netlink, filters, netns)"),
+        ("webb: {}\n", "webb: unknown key (known keys: web, log, netlink, filters, netns"),
         ("web: {listen: ':1'}\n", "web.listen: unknown key"),
         ("web: [1]\n", "web: must be a mapping, got list"),
         ("web: {listen_address: 9310}\n", "web.listen_address: must be a string, got int"),
@@ -64,6 +64,13 @@ def test_flags_override_the_file(tmp_path: Path) -> None:
         ),
         ("filters: {ports: {}}\n", "filters.ports: unknown key (known keys: datapath, port, vport_type)"),
         ("filters: {port: {only: x}}\n", "filters.port.only: unknown key"),
+        ("collector: {vport_metric: []}\n", "collector.vport_metric: unknown key (known keys: vport_metrics)"),
+        ("collector: {vport_metrics: packets}\n", "collector.vport_metrics: must be a list of strings, got str"),
+        (
+            "collector: {vport_metrics: [packets, flows]}\n",
+            "collector.vport_metrics: unknown metric group 'flows' (known: packets, bytes, errors, dropped,"
+            " upcalls, info)",
+        ),
         ("- a\n- b\n", "top level: must be a mapping, got list"),
         ("web: {listen_address: ':1'\n", "invalid YAML at line 2, column 1"),
     ],
@@ -92,6 +99,10 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
         (["--web.listen-address", "localhost"], "flag --web.listen-address: 'localhost' is not host:port"),
         (["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
         (["--netlink.timeout", "abc"], "argument --netlink.timeout: invalid float value"),
+        (
+            ["--collector.vport.metrics", "packets,drops"],
+            "flag --collector.vport.metrics: unknown metric group 'drops' (known: packets, bytes,",
+        ),
     ],
 )
 def test_bad_config_exits_2_with_one_line(args: list[str], message: str) -> None:
@@ -115,6 +126,17 @@ def test_version_and_help() -> None:
         "--log.format",
     ):
         assert flag in helptext.stdout
+
+
+def test_vport_metric_groups_default_to_all_and_flags_override_the_file(tmp_path: Path) -> None:
+    assert load_config([]).vport_metrics == ("packets", "bytes", "errors", "dropped", "upcalls", "info")
+    path = tmp_path / "c.yml"
+    path.write_text("collector: {vport_metrics: [info, packets, packets]}\n")
+    # Canonical order, each group once.
+    assert load_config(["--config.file", str(path)]).vport_metrics == ("packets", "info")
+    flags = ["--config.file", str(path), "--collector.vport.metrics", " bytes,dropped "]
+    assert load_config(flags).vport_metrics == ("bytes", "dropped")
+    assert load_config(["--collector.vport.metrics", ""]).vport_metrics == ()
 
 
 def test_config_is_frozen() -> None:
