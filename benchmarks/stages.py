@@ -21,7 +21,8 @@ from benchmarks.dataset import PrebuiltKernelSocket, build
 from exporter.collector import Collector
 from exporter.config import Filters
 from exporter.exposition import Format, render_datapaths
-from exporter.source import DatapathDump, KernelSource
+from exporter.model import DatapathDump
+from exporter.source import KernelSource
 from exporter.web import gzip_compress
 
 

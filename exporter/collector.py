@@ -1,8 +1,16 @@
-"""One scrape: read the source, filter, and write the exposition with the exporter's own health.
+"""One scrape: read every source, filter, and write the exposition with each source's health.
 
-``Collector.scrape`` never raises. A failed source becomes ``ovs_up 0``, one more
+This is where the sources meet: the kernel (``exporter.source``, in the exporter's
+own network namespace and in named ones through ``exporter.namespaces``) is read
+during the scrape; sources that keep a snapshot in the background
+(``exporter.model.SnapshotSource``) are asked for their latest one. Every source
+reports ``ovs_scrape_collector_success`` and ``ovs_scrape_collector_duration_seconds``
+with its ``collector`` name (and ``netns``), as node_exporter's collectors do.
+
+``Collector.scrape`` never raises. A failed kernel read becomes ``ovs_up 0``, one more
 ``ovs_scrape_errors_total`` and a log line with the errno; no partial kernel data
-is served, and the next scrape starts again from scratch.
+is served, and the next scrape starts again from scratch. A failed source never
+fails the scrape or the other sources.
 """
 
 from __future__ import annotations
@@ -31,8 +39,9 @@ from exporter.exposition import (
     render_labels,
     vport_counters,
 )
+from exporter.model import DatapathDump, Health, SnapshotSource
 from exporter.namespaces import NamespaceSources
-from exporter.source import DatapathDump, FamilyNotFoundError
+from exporter.source import FamilyNotFoundError
 
 log = logging.getLogger(__name__)
 
@@ -89,12 +98,14 @@ class Collector:
         clock: Callable[[], float] = time.perf_counter,
         namespaces: NamespaceSources | None = None,
         vport_metrics: Collection[str] = VPORT_METRIC_GROUPS,
+        snapshot_sources: Sequence[SnapshotSource] = (),
     ) -> None:
         self._source = source
         # The per-vport families to serve (--collector.vport.metrics), chosen once.
         self._counters = vport_counters(vport_metrics)
         self._vport_info = "info" in vport_metrics
         self._namespaces = namespaces
+        self._snapshot_sources = tuple(snapshot_sources)
         self._filters = filters
         self._version = version
         self._clock = clock
@@ -120,9 +131,13 @@ class Collector:
         """
         with self._lock:
             started = self._clock()
-            dumps, up = self._read_source()
-            namespaces_up = self._read_namespaces(dumps)
+            dumps, up, health = self._read_source()
+            namespaces_up = self._read_namespaces(dumps, health)
             chunks = render_datapaths(dumps, fmt, self._counters, self._vport_info)
+            for source in self._snapshot_sources:
+                report = source.report(fmt, dumps)
+                chunks.extend(report.chunks)
+                health.extend(report.health)
             duration = self._clock() - started
             errors = self._errors
         chunks.append(
@@ -142,6 +157,7 @@ class Collector:
             chunks.extend(
                 f"ovs_netns_up{render_labels([('netns', name)])} {ok}\n" for name, ok in namespaces_up
             )
+        chunks.extend(render_health(health, fmt))
         chunks.append(
             render_gauge(
                 "ovs_scrape_duration_seconds",
@@ -170,35 +186,38 @@ class Collector:
             chunks.append(generate_text(self._runtime).decode("utf-8"))
         return chunks
 
-    def _read_namespaces(self, dumps: list[DatapathDump]) -> list[tuple[str, int]]:
-        """Add the datapaths of the configured namespaces to ``dumps``; each one's health.
+    def _read_namespaces(self, dumps: list[DatapathDump], health: list[Health]) -> list[tuple[str, int]]:
+        """Add the datapaths of the configured namespaces to ``dumps`` and their health to ``health``.
 
         A namespace that fails is reported alone (``ovs_netns_up 0`` and a log line
         once per distinct failure); the others, and the host's, are still served.
         """
         if self._namespaces is None:
             return []
-        health: list[tuple[str, int]] = []
+        up: list[tuple[str, int]] = []
         for result in self._namespaces.collect():
             where = f"network namespace {result.netns}: "
+            ok = result.error is None
             if result.error is None:
                 dumps.extend(apply_filters(result.dumps, self._filters))
-                health.append((result.netns, 1))
                 self._log_recovery(where)
             else:
-                health.append((result.netns, 0))
                 self._log_failure(where, result.error)
-        return health
+            up.append((result.netns, int(ok)))
+            health.append(Health("kernel", result.netns, ok, result.duration_seconds))
+        return up
 
-    def _read_source(self) -> tuple[list[DatapathDump], int]:
+    def _read_source(self) -> tuple[list[DatapathDump], int, list[Health]]:
+        """The kernel in the exporter's own namespace: its dumps, ``ovs_up`` and its health."""
+        started = self._clock()
         try:
             dumps = apply_filters(self._source.collect(), self._filters)
         except Exception as err:  # noqa: BLE001 - a scrape reports every failure, never raises
             self._errors += 1
             self._log_failure("", err)
-            return [], 0
+            return [], 0, [Health("kernel", None, False, self._clock() - started)]
         self._log_recovery("")
-        return dumps, 1
+        return dumps, 1, [Health("kernel", None, True, self._clock() - started)]
 
     def _log_failure(self, where: str, err: BaseException) -> None:
         """Log a failure once per distinct failure of a source, not on every scrape while it lasts."""
@@ -212,6 +231,38 @@ class Collector:
         last = self._failures.pop(where, None)
         if last is not None:
             log.info("%sscrape succeeded again after: %s", where, last)
+
+
+def render_health(health: Sequence[Health], fmt: Format) -> list[str]:
+    """``ovs_scrape_collector_success`` and ``..._duration_seconds``, one series per source."""
+    if not health:
+        return []
+    rows = [(_health_labels(h), h) for h in health]
+    return [
+        family_header(
+            "ovs_scrape_collector_success",
+            "gauge",
+            "1 if this collector's source answered this scrape with fresh data, else 0.",
+            fmt,
+        ),
+        "".join(f"ovs_scrape_collector_success{labels} {int(h.success)}\n" for labels, h in rows),
+        family_header(
+            "ovs_scrape_collector_duration_seconds",
+            "gauge",
+            "Time this scrape spent on this collector's source.",
+            fmt,
+        ),
+        "".join(
+            f"ovs_scrape_collector_duration_seconds{labels} {h.duration_seconds!r}\n" for labels, h in rows
+        ),
+    ]
+
+
+def _health_labels(health: Health) -> str:
+    labels = [("collector", health.collector)]
+    if health.netns is not None:
+        labels.append(("netns", health.netns))
+    return render_labels(labels)
 
 
 def _is_unexpected(err: BaseException) -> bool:

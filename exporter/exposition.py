@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from exporter import wire
-from exporter.source import DatapathDump
+from exporter.model import DatapathDump
 
 
 class Format(enum.Enum):

@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from exporter.source import DatapathDump, KernelSocket, KernelSource, NetlinkKernelSocket
+from exporter.model import DatapathDump
+from exporter.source import KernelSocket, KernelSource, NetlinkKernelSocket
 
 NETNS_RUN_DIR = "/run/netns"
 
@@ -65,6 +67,7 @@ class NamespaceResult:
     netns: str
     dumps: list[DatapathDump]
     error: BaseException | None
+    duration_seconds: float = 0.0
 
 
 class NamespaceSources:
@@ -99,12 +102,13 @@ class NamespaceSources:
             self._drop(gone)
         results = []
         for name in wanted:
+            started = time.perf_counter()
             try:
                 dumps = [dataclasses.replace(d, netns=name) for d in self._source(name).collect()]
             except Exception as err:  # noqa: BLE001 - reported per namespace, never fatal
-                results.append(NamespaceResult(name, [], err))
+                results.append(NamespaceResult(name, [], err, time.perf_counter() - started))
                 continue
-            results.append(NamespaceResult(name, dumps, None))
+            results.append(NamespaceResult(name, dumps, None, time.perf_counter() - started))
         return results
 
     def close(self) -> None:

@@ -19,10 +19,10 @@ import itertools
 import os
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
 from exporter import wire
+from exporter.model import DatapathDump
 
 T = TypeVar("T")
 
@@ -114,16 +114,6 @@ class NetlinkKernelSocket:
 
     def close(self) -> None:
         self._sock.close()
-
-
-@dataclass(frozen=True, slots=True)
-class DatapathDump:
-    """A datapath and its vports, each vport name once."""
-
-    datapath: wire.Datapath
-    vports: list[wire.Vport]
-    vport_count: int  # every vport the kernel listed, before any filter
-    netns: str | None = None  # the named network namespace it was read in; None: the exporter's own
 
 
 class KernelSource:

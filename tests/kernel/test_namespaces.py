@@ -38,6 +38,7 @@ def test_named_namespace_is_collected_with_a_netns_label(results_dir: Path) -> N
         try:
             scrape = fetch(exporter.url)
             assert scrape.value("ovs_netns_up", netns=NETNS) == 1
+            assert scrape.value("ovs_scrape_collector_success", collector="kernel", netns=NETNS) == 1
             assert scrape.value("ovs_datapath_vports", netns=NETNS, datapath="dp-tenant") == 2
             assert (
                 scrape.value(
@@ -46,6 +47,7 @@ def test_named_namespace_is_collected_with_a_netns_label(results_dir: Path) -> N
                 is not None
             )
             assert scrape.value("ovs_netns_up", netns=MISSING) == 0
+            assert scrape.value("ovs_scrape_collector_success", collector="kernel", netns=MISSING) == 0
             assert not os.path.exists(f"/run/netns/{MISSING}"), "a missing namespace is never created"
             assert scrape.value("ovs_up") == 1, "the host's own datapaths are still served"
             assert not scrape.duplicates()

@@ -13,7 +13,8 @@ from exporter import config, wire
 from exporter.collector import Collector
 from exporter.config import Filters, NameFilter
 from exporter.exposition import VPORT_COUNTERS, VPORT_INFO, VPORT_METRIC_GROUPS, Format
-from exporter.source import DatapathDump, FamilyNotFoundError, KernelSource
+from exporter.model import DatapathDump
+from exporter.source import FamilyNotFoundError, KernelSource
 from tests.ovs_messages import FakeDatapath, FakeKernelSocket, FakeVport
 
 
@@ -246,3 +247,55 @@ def test_every_vport_family_is_in_exactly_one_group() -> None:
     assert tuple(VPORT_METRIC_GROUPS) == config.VPORT_METRIC_GROUPS
     families = [name for group in VPORT_METRIC_GROUPS.values() for name in group]
     assert sorted(families) == sorted([c.name for c in VPORT_COUNTERS] + [VPORT_INFO[0]])
+
+
+def test_every_source_reports_the_same_health_families() -> None:
+    """The kernel (own and named namespaces) and snapshot sources: success and duration per collector."""
+    from exporter.model import Health, SourceReport
+    from exporter.namespaces import NamespaceSources
+
+    class Snapshot:
+        def __init__(self) -> None:
+            self.seen: list[list[str]] = []
+
+        def report(self, fmt: Format, dumps: object) -> SourceReport:
+            self.seen.append([d.datapath.name for d in dumps])  # type: ignore[attr-defined]
+            return SourceReport(
+                ["# HELP ovs_test_info t\n# TYPE ovs_test_info gauge\novs_test_info 1\n"],
+                [Health("ovsdb", None, False, 0.25)],
+            )
+
+        def close(self) -> None:
+            pass
+
+    def open_in(name: str, timeout: float) -> FakeKernelSocket:
+        sock = FakeKernelSocket([])
+        sock.families = {}  # the module is missing there
+        return sock
+
+    ticks = iter(range(100))
+    snapshot = Snapshot()
+    collector = Collector(
+        ListSource(kernel(sample_dp())),
+        Filters(),
+        "1",
+        clock=lambda: float(next(ticks)),
+        namespaces=NamespaceSources(["broken"], False, 1.0, open_in, lambda: [], lambda n: (0, 1)),
+        snapshot_sources=[snapshot],
+    )
+    body = collector.scrape(Format.TEXT)
+    assert value(body, "ovs_scrape_collector_success", collector="kernel") == 1
+    assert value(body, "ovs_scrape_collector_duration_seconds", collector="kernel") == 1.0
+    assert value(body, "ovs_scrape_collector_success", collector="kernel", netns="broken") == 0
+    assert value(body, "ovs_scrape_collector_success", collector="ovsdb") == 0
+    assert value(body, "ovs_scrape_collector_duration_seconds", collector="ovsdb") == 0.25
+    assert value(body, "ovs_test_info") == 1
+    assert value(body, "ovs_up") == 1
+    assert snapshot.seen == [["dp0"]], "a snapshot source sees this scrape's (filtered) kernel state"
+
+
+def test_a_failed_kernel_read_is_a_failed_kernel_collector() -> None:
+    collector = Collector(ListSource(OSError(errno.EPERM, "nope")), Filters(), "1")
+    body = collector.scrape(Format.TEXT)
+    assert value(body, "ovs_up") == 0
+    assert value(body, "ovs_scrape_collector_success", collector="kernel") == 0

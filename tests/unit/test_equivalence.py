@@ -179,10 +179,17 @@ class ExporterSelfFamilies:
         # The classic text format has no info type: there the family is a gauge named ..._info.
         return self.help_of.get(name) or self.help_of[name + "_info"]
 
+    def collector_gauge(self, name: str, value: float) -> GaugeMetricFamily:
+        family = GaugeMetricFamily(name, self.help(name), labels=["collector"])
+        family.add_metric(["kernel"], value)
+        return family
+
     def collect(self) -> list[Metric]:
         h = self.help
         return [
             GaugeMetricFamily("ovs_up", h("ovs_up"), value=self.up),
+            self.collector_gauge("ovs_scrape_collector_success", self.up),
+            self.collector_gauge("ovs_scrape_collector_duration_seconds", 0.0),
             GaugeMetricFamily("ovs_scrape_duration_seconds", h("ovs_scrape_duration_seconds"), value=0.0),
             CounterMetricFamily("ovs_scrape_errors", h("ovs_scrape_errors"), value=self.errors),
             InfoMetricFamily("ovs_exporter_build", h("ovs_exporter_build"), value={"version": VERSION}),
