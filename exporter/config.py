@@ -17,6 +17,9 @@ from typing import Any
 
 import yaml
 
+from exporter.identity import DEFAULT_EXTERNAL_IDS, check_external_ids
+from exporter.ovsdb import check_remote
+
 LOG_LEVELS = ("debug", "info", "warn", "error")
 LOG_FORMATS = ("logfmt", "json")
 FILTER_SUBJECTS = ("datapath", "port", "vport_type")
@@ -66,6 +69,9 @@ class Config:
     netns_all: bool = False  # and every namespace under /run/netns
     web_config_file: str | None = None  # exporter-toolkit web config, flag only (as in node_exporter)
     vport_metrics: tuple[str, ...] = VPORT_METRIC_GROUPS  # the per-vport metric groups served
+    ovsdb_enabled: bool = False  # read identity (bridge, VM, pod) from OVSDB as well
+    ovsdb_socket: str = "unix:/run/openvswitch/db.sock"
+    ovsdb_external_ids: tuple[str, ...] = DEFAULT_EXTERNAL_IDS  # keys that become labels
 
     @property
     def listen_host_port(self) -> tuple[str, int]:
@@ -81,6 +87,7 @@ _FILE_KEYS: dict[str, tuple[str, ...]] = {
     "filters": FILTER_SUBJECTS,
     "netns": ("names", "all"),
     "collector": ("vport_metrics",),
+    "ovsdb": ("enabled", "socket", "external_ids"),
 }
 
 
@@ -152,6 +159,25 @@ def _file_filters(section: Mapping[str, Any]) -> dict[str, dict[str, str]]:
     return result
 
 
+def _file_ovsdb(section: Mapping[str, Any]) -> dict[str, Any]:
+    check_keys(section, _FILE_KEYS["ovsdb"], "ovsdb")
+    settings: dict[str, Any] = {}
+    enabled = section.get("enabled")
+    if enabled is not None:
+        if not isinstance(enabled, bool):
+            raise ConfigError(f"ovsdb.enabled: must be true or false, got {_type_name(enabled)}")
+        settings["ovsdb_enabled"] = enabled
+    socket = _string(section, "socket", "ovsdb")
+    if socket is not None:
+        settings["ovsdb_socket"] = socket
+    keys = section.get("external_ids")
+    if keys is not None:
+        if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+            raise ConfigError(f"ovsdb.external_ids: must be a list of strings, got {_type_name(keys)}")
+        settings["ovsdb_external_ids"] = tuple(keys)
+    return settings
+
+
 def parse_yaml(text: str) -> Any:
     """The YAML document in ``text``, or ConfigError saying where it is malformed."""
     try:
@@ -216,6 +242,7 @@ def load_file(path: Path) -> dict[str, Any]:
             raise ConfigError(f"collector.vport_metrics: must be a list of strings, got {_type_name(groups)}")
         settings["vport_metrics"] = tuple(groups)
 
+    settings.update(_file_ovsdb(mapping(top.get("ovsdb"), "ovsdb")))
     settings["filters"] = _file_filters(mapping(top.get("filters"), "filters"))
     return settings
 
@@ -263,6 +290,12 @@ def build(file_settings: Mapping[str, Any], flag_settings: Mapping[str, Any]) ->
             raise ConfigError(f"netns.names: {name!r} is not a namespace name (as under /run/netns)")
 
     merged["vport_metrics"] = vport_metric_groups(tuple(config.vport_metrics))
+    problem = check_remote(config.ovsdb_socket)
+    if problem is not None:
+        raise ConfigError(f"ovsdb.socket: {problem}")
+    problem = check_external_ids(config.ovsdb_external_ids)
+    if problem is not None:
+        raise ConfigError(f"ovsdb.external_ids: {problem}")
 
     filters: dict[str, NameFilter] = {}
     for subject in FILTER_SUBJECTS:

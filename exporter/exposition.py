@@ -343,3 +343,24 @@ def render_info(name: str, help_text: str, labels: dict[str, str], fmt: Format) 
 
 def _number(value: float) -> str:
     return str(value) if isinstance(value, int) else repr(float(value))
+
+
+# --- OVSDB identity (exporter.identity): info series that join onto the vport metrics ---
+
+INTERFACE_INFO = (
+    "ovs_interface",
+    "A kernel vport as OVSDB describes it: bridge, ofport, interface type and the allowed"
+    " Interface external_ids (value 1). Join on (datapath, port).",
+)
+SYSTEM_INFO = (
+    "ovs_system",
+    "The Open vSwitch instance, from OVSDB's Open_vSwitch table (value 1).",
+)
+
+
+def render_info_samples(name: str, label_sets: Iterable[Iterable[tuple[str, str]]]) -> str:
+    """The samples of an info family (``name`` without ``_info``), one per label set; no header.
+
+    The same text serves both formats, so a background source can write it once per change.
+    """
+    return "".join([f"{name}_info{render_labels(labels)} 1\n" for labels in label_sets])

@@ -72,6 +72,17 @@ def test_flags_override_the_file(tmp_path: Path) -> None:
             " upcalls, info)",
         ),
         ("- a\n- b\n", "top level: must be a mapping, got list"),
+        ("ovsdb: {enable: true}\n", "ovsdb.enable: unknown key (known keys: enabled, socket, external_ids)"),
+        ("ovsdb: {enabled: 'yes'}\n", "ovsdb.enabled: must be true or false, got str"),
+        ("ovsdb: {socket: /run/db.sock}\n", "ovsdb.socket: must be unix:PATH or tcp:HOST:PORT, got '/run/db.sock'"),
+        ("ovsdb: {socket: 'ssl:1.2.3.4:6640'}\n", "ovsdb.socket: must be unix:PATH or tcp:HOST:PORT"),
+        ("ovsdb: {socket: 'tcp:1.2.3.4'}\n", "ovsdb.socket: tcp: needs HOST:PORT, got '1.2.3.4'"),
+        (f"ovsdb: {{socket: 'unix:/{'x' * 120}'}}\n", "ovsdb.socket: unix socket path is longer than 107 bytes"),
+        ("ovsdb: {external_ids: iface-id}\n", "ovsdb.external_ids: must be a list of strings, got str"),
+        ("ovsdb: {external_ids: [bridge]}\n", "ovsdb.external_ids: 'bridge' makes the label 'bridge', which the exporter's own labels use"),
+        ("ovsdb: {external_ids: [k8s.ovn.org/network]}\n", "ovsdb.external_ids: 'k8s.ovn.org/network' does not make a valid label name"),
+        ("ovsdb: {external_ids: [__x]}\n", "ovsdb.external_ids: '__x' makes the label '__x'; names starting with __ are reserved"),
+        ("ovsdb: {external_ids: [a, a]}\n", "ovsdb.external_ids: 'a' is listed twice"),
         ("web: {listen_address: ':1'\n", "invalid YAML at line 2, column 1"),
     ],
 )
@@ -103,6 +114,8 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
             ["--collector.vport.metrics", "packets,drops"],
             "flag --collector.vport.metrics: unknown metric group 'drops' (known: packets, bytes,",
         ),
+        (["--collector.ovsdb.socket", "db.sock"], "flag --collector.ovsdb.socket: must be unix:PATH or tcp:HOST:PORT"),
+        (["--collector.ovsdb.external-ids", "iface-id,port"], "flag --collector.ovsdb.external-ids: 'port' makes the label 'port'"),
     ],
 )
 def test_bad_config_exits_2_with_one_line(args: list[str], message: str) -> None:
@@ -124,6 +137,9 @@ def test_version_and_help() -> None:
         "--config.file",
         "--log.level",
         "--log.format",
+        "--collector.ovsdb",
+        "--collector.ovsdb.socket",
+        "--collector.ovsdb.external-ids",
     ):
         assert flag in helptext.stdout
 
@@ -137,6 +153,28 @@ def test_vport_metric_groups_default_to_all_and_flags_override_the_file(tmp_path
     flags = ["--config.file", str(path), "--collector.vport.metrics", " bytes,dropped "]
     assert load_config(flags).vport_metrics == ("bytes", "dropped")
     assert load_config(["--collector.vport.metrics", ""]).vport_metrics == ()
+def test_ovsdb_off_by_default_and_its_defaults() -> None:
+    config = load_config([])
+    assert not config.ovsdb_enabled
+    assert config.ovsdb_socket == "unix:/run/openvswitch/db.sock"
+    assert config.ovsdb_external_ids == (
+        "iface-id", "attached-mac", "attached_mac", "iface-status", "vm-id", "vm-uuid", "pod_name", "pod_namespace",
+    )  # fmt: skip
+
+
+def test_ovsdb_file_and_flags(tmp_path: Path) -> None:
+    path = tmp_path / "c.yml"
+    path.write_text("ovsdb: {enabled: true, socket: 'tcp:127.0.0.1:6640', external_ids: [iface-id, owner]}\n")
+    config = load_config(["--config.file", str(path)])
+    assert (config.ovsdb_enabled, config.ovsdb_socket, config.ovsdb_external_ids) == (
+        True, "tcp:127.0.0.1:6640", ("iface-id", "owner"),
+    )  # fmt: skip
+    config = load_config(
+        ["--config.file", str(path), "--no-collector.ovsdb", "--collector.ovsdb.external-ids", " vm-uuid , ,x "]
+    )
+    assert not config.ovsdb_enabled and config.ovsdb_external_ids == ("vm-uuid", "x")
+    config = load_config(["--collector.ovsdb", "--collector.ovsdb.external-ids", ""])
+    assert config.ovsdb_enabled and config.ovsdb_external_ids == ()
 
 
 def test_config_is_frozen() -> None:

@@ -1,6 +1,7 @@
 """Command line of the VM harness.
 
 python -m tests.vm setup [--kernel K ...] [--refresh]  install/fetch what the VMs need (cached)
+python -m tests.vm setup --tools-only                  only the host packages and tools (host OVSDB tests)
 python -m tests.vm run --kernel 6.12 -- CMD...         boot, run CMD in the checkout, exit with its status
 python -m tests.vm suite [--kernel K ...] [-- PYTEST_ARGS]  run tests/kernel in each kernel
 python -m tests.vm capture [--kernel K ...]            refresh tests/fixtures/kernel/<K>/
@@ -35,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
         s.add_argument("--kernel", action="append", choices=KERNEL_SERIES, help="repeatable; default all")
         if name == "setup":
             s.add_argument("--refresh", action="store_true", help="re-resolve and re-fetch everything")
+            s.add_argument("--tools-only", action="store_true", help="no kernels: what host tests need")
         if name == "suite":
             s.add_argument("--skip-setup", action="store_true")
     r = sub.add_parser("run")
@@ -49,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "setup":
         from .provision import provision
 
-        provision(kernels, refresh=args.refresh)
+        provision([] if args.tools_only else kernels, refresh=args.refresh)
         return 0
     if args.cmd == "suite":
         from .suite import main_suite

@@ -1,0 +1,273 @@
+"""Where OVSDB meets the kernel: which kernel vport each OVSDB Interface is, and who is on it.
+
+The kernel source names a vport by its datapath and its name (``datapath``,
+``port``); OVSDB names an Interface and the bridge it is on. This module maps
+one onto the other, the way ovs-vswitchd does when it creates the vports:
+
+* every bridge whose ``datapath_type`` is ``""`` or ``"system"`` shares the one
+  kernel datapath ``ovs-system`` ("ovs-" + the type, ``ofproto/ofproto-dpif.c``);
+  bridges of other types (``netdev``: the userspace datapath) have no kernel vports
+  and are left out;
+* an Interface's kernel vport has the Interface's name, except for tunnels: all
+  Interfaces of one tunnel type (and UDP port) share one vport named
+  ``<prefix>`` or ``<prefix>_<dst_port>``, e.g. ``genev_sys_6081``
+  (``netdev_vport_get_dpif_port()`` in ``lib/netdev-vport.c``);
+* a vport several Interfaces share gets one series carrying the labels they all
+  agree on, so that a ``group_left`` join never meets two series for one vport.
+
+Patch ports (``type="patch"``) are implemented in userspace and have no kernel
+vport: their series name the port as OVSDB does and match no vport counters.
+Kernel vports that no Interface describes (the datapath's own ``ovs-system``
+port, ports added by other tools) have no ``ovs_interface_info``.
+
+Every label value is made safe here (``label_value``), once per change of the
+database rather than once per scrape.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+from exporter.exposition import INTERFACE_INFO, SYSTEM_INFO, Format, family_header, render_info_samples
+from exporter.model import DatapathDump, Health, SourceReport
+from exporter.ovsdb import OvsdbReader, OvsdbSnapshot
+
+KERNEL_DATAPATH = "ovs-system"
+SYSTEM_DATAPATH_TYPES = ("", "system")
+
+#: Label values longer than this many characters are cut, and end with "…".
+MAX_LABEL_VALUE_LENGTH = 256
+
+#: Tunnel type -> (kernel vport name prefix, default UDP port or None when the name has no port).
+#: From the vport classes in lib/netdev-vport.c; the default ports from the same file and packets.h.
+TUNNEL_VPORTS: dict[str, tuple[str, int | None]] = {
+    "geneve": ("genev_sys", 6081),
+    "vxlan": ("vxlan_sys", 4789),
+    "lisp": ("lisp_sys", 4341),
+    "stt": ("stt_sys", 7471),
+    "gtpu": ("gtpu_sys", 2152),
+    "bareudp": ("udp_sys", 0),  # bareudp has no default port: options:dst_port is mandatory
+    "gre": ("gre_sys", None),
+    "erspan": ("erspan_sys", None),
+    "ip6erspan": ("ip6erspan_sys", None),
+    "ip6gre": ("ip6gre_sys", None),
+}
+
+#: The default external_ids allow-list: what OVS documents (vswitch.xml, Interface
+#: "Virtual Machine Identifiers") and what libvirt, OpenStack os-vif, ovn-kubernetes
+#: and kube-ovn write on the interfaces they plug.
+DEFAULT_EXTERNAL_IDS: tuple[str, ...] = (
+    "iface-id",  # everyone: the logical port (OVN), Neutron port, libvirt interface UUID
+    "attached-mac",  # OVS, libvirt, os-vif: the MAC of the VM's NIC
+    "attached_mac",  # ovn-kubernetes spells it with an underscore: the same label
+    "iface-status",  # OVS, libvirt, os-vif: active/inactive during a migration
+    "vm-id",  # OVS, libvirt: the domain UUID
+    "vm-uuid",  # os-vif (Nova): the instance UUID
+    "pod_name",  # kube-ovn
+    "pod_namespace",  # kube-ovn
+)
+
+#: Labels ovs_interface_info always may carry; no external_ids key may take their names.
+FIXED_LABELS = ("datapath", "port", "bridge", "ofport", "interface_type")
+#: Label names that other series of the exporter carry and a join could confuse.
+RESERVED_LABELS = (*FIXED_LABELS, "netns", "vport_type", "port_no", "ifindex", "netnsid", "dst_port")
+
+_LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+# C0 and C1 controls, DEL and lone surrogates (a JSON "\ud800" escape decodes to one; it
+# cannot be encoded as UTF-8 and would break the whole response).
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def label_name(key: str) -> str:
+    """The label an external_ids key becomes: ``-`` as ``_`` (``iface-id`` -> ``iface_id``)."""
+    return key.replace("-", "_")
+
+
+def check_external_ids(keys: Sequence[str]) -> str | None:
+    """Why this allow-list cannot be used, or None. Keys whose labels coincide are alternatives."""
+    seen: set[str] = set()
+    for key in keys:
+        if key in seen:
+            return f"{key!r} is listed twice"
+        seen.add(key)
+        name = label_name(key)
+        if not _LABEL_NAME.fullmatch(name):
+            return f"{key!r} does not make a valid label name ({name!r})"
+        if name.startswith("__"):
+            return f"{key!r} makes the label {name!r}; names starting with __ are reserved by Prometheus"
+        if name in RESERVED_LABELS:
+            return f"{key!r} makes the label {name!r}, which the exporter's own labels use"
+    return None
+
+
+def label_value(value: str) -> str:
+    """A value safe for any exposition: controls and lone surrogates as U+FFFD, at most 256 characters."""
+    if _UNSAFE.search(value) is not None:
+        value = _UNSAFE.sub("\ufffd", value)
+    if len(value) > MAX_LABEL_VALUE_LENGTH:
+        value = value[: MAX_LABEL_VALUE_LENGTH - 1] + "\u2026"
+    return value
+
+
+def kernel_vport_name(name: str, type_: str, dst_port: str | None) -> str:
+    """The name of the kernel vport that implements an Interface on the kernel datapath."""
+    tunnel = TUNNEL_VPORTS.get(type_)
+    if tunnel is None:
+        return name
+    prefix, default_port = tunnel
+    if default_port is None:
+        return prefix
+    port = default_port
+    if dst_port is not None:
+        # ovs-vswitchd reads options:dst_port with atoi(): leading digits, else 0.
+        digits = re.match(r"\s*[+]?(\d+)", dst_port)
+        port = int(digits.group(1)) & 0xFFFF if digits else 0
+    return f"{prefix}_{port}"
+
+
+@dataclass(frozen=True, slots=True)
+class InterfaceIdentity:
+    """One ``ovs_interface_info`` series: a kernel vport and what OVSDB says about it."""
+
+    datapath: str
+    port: str
+    labels: tuple[tuple[str, str], ...]  # bridge, ofport, interface_type, then external_ids labels
+
+
+@dataclass(frozen=True, slots=True)
+class SystemIdentity:
+    """The ``ovs_system_info`` series: which Open vSwitch this is."""
+
+    labels: tuple[tuple[str, str], ...]
+
+
+def interface_identities(snapshot: OvsdbSnapshot, external_ids: Sequence[str]) -> list[InterfaceIdentity]:
+    """Every kernel-datapath vport OVSDB describes, one identity per vport, in (port) order."""
+    wanted = [(key, label_name(key)) for key in external_ids]
+    by_port: dict[str, list[tuple[tuple[str, str], ...]]] = {}
+    for bridge in snapshot.bridges:
+        if bridge.datapath_type not in SYSTEM_DATAPATH_TYPES:
+            continue
+        for iface in bridge.interfaces:
+            labels: dict[str, str] = {"bridge": bridge.name}
+            if iface.ofport is not None:
+                labels["ofport"] = str(iface.ofport)
+            labels["interface_type"] = iface.type or "system"
+            for key, name in wanted:
+                value = iface.external_ids.get(key)
+                # Keys with the same label are alternatives: the first one present wins.
+                if value is not None and name not in labels:
+                    labels[name] = value
+            port = kernel_vport_name(iface.name, iface.type, iface.dst_port)
+            by_port.setdefault(port, []).append(tuple(labels.items()))
+    result = []
+    for port in sorted(by_port):
+        label_sets = by_port[port]
+        merged = label_sets[0] if len(label_sets) == 1 else _agreed(label_sets)
+        result.append(
+            InterfaceIdentity(
+                KERNEL_DATAPATH, label_value(port), tuple((k, label_value(v)) for k, v in merged)
+            )
+        )
+    return result
+
+
+def _agreed(label_sets: Iterable[tuple[tuple[str, str], ...]]) -> tuple[tuple[str, str], ...]:
+    """The labels every one of several Interfaces sharing one vport has with the same value."""
+    sets = list(label_sets)
+    common = set(sets[0])
+    for labels in sets[1:]:
+        common &= set(labels)
+    return tuple(pair for pair in sets[0] if pair in common)
+
+
+def system_identity(snapshot: OvsdbSnapshot) -> SystemIdentity | None:
+    system = snapshot.system
+    if system is None:
+        return None
+    values = (
+        ("system_id", system.system_id),
+        ("hostname", system.hostname),
+        ("ovs_version", system.ovs_version),
+        ("db_version", system.db_version),
+    )
+    return SystemIdentity(tuple((k, label_value(v)) for k, v in values if v))
+
+
+@dataclass(frozen=True, slots=True)
+class IdentityView:
+    """What a scrape serves from one OVSDB snapshot: the info samples, already written."""
+
+    interfaces: str  # ovs_interface_info samples, without the family header
+    system: str  # ovs_system_info sample, or ""
+    interface_count: int
+
+
+def build_view(
+    snapshot: OvsdbSnapshot,
+    external_ids: Sequence[str],
+    allows: Callable[[str, str], bool] = lambda datapath, port: True,
+) -> IdentityView:
+    """Join and write one snapshot (runs in the reader's thread, once per change).
+
+    ``allows(datapath, port)``: the datapath and port filters, so that the info series
+    cover the same vports as the counters.
+    """
+    identities = [i for i in interface_identities(snapshot, external_ids) if allows(i.datapath, i.port)]
+    samples = render_info_samples(
+        INTERFACE_INFO[0], ((("datapath", i.datapath), ("port", i.port), *i.labels) for i in identities)
+    )
+    system = system_identity(snapshot)
+    return IdentityView(
+        samples,
+        render_info_samples(SYSTEM_INFO[0], [system.labels]) if system is not None else "",
+        len(identities),
+    )
+
+
+class IdentitySource:
+    """The OVSDB source as the collector sees it: the latest view, never waiting for OVSDB."""
+
+    def __init__(
+        self,
+        remote: str,
+        external_ids: Sequence[str],
+        allows: Callable[[str, str], bool] = lambda datapath, port: True,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        keys = tuple(external_ids)
+        self.reader: OvsdbReader[IdentityView] = OvsdbReader(
+            remote, lambda snapshot: build_view(snapshot, keys, allows)
+        )
+        self._clock = clock
+        self.reader.start()
+
+    def report(self, fmt: Format, dumps: Sequence[DatapathDump]) -> SourceReport:
+        """This scrape's identity families and ``collector="ovsdb"`` health (``SnapshotSource``).
+
+        Success means a complete, current copy of OVSDB was there to serve; the duration
+        is what this scrape spent here, never time spent waiting for OVSDB.
+        """
+        started = self._clock()
+        chunks, ok = self.render(fmt)
+        return SourceReport(chunks, [Health("ovsdb", None, ok, self._clock() - started)])
+
+    def render(self, fmt: Format) -> tuple[list[str], bool]:
+        """This scrape's identity families, and whether a fresh copy of OVSDB was there."""
+        view = self.reader.current()
+        if view is None:
+            return [], False
+        chunks = []
+        if view.interfaces:
+            chunks.append(family_header(INTERFACE_INFO[0], "info", INTERFACE_INFO[1], fmt))
+            chunks.append(view.interfaces)
+        if view.system:
+            chunks.append(family_header(SYSTEM_INFO[0], "info", SYSTEM_INFO[1], fmt))
+            chunks.append(view.system)
+        return chunks, True
+
+    def close(self) -> None:
+        self.reader.close()
