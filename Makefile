@@ -6,16 +6,29 @@ ARGS ?=
 
 .PHONY: setup run test lint test-unit tools test-vm demo bench bench-vm clean
 
-$(BIN)/ovs-vport-exporter: pyproject.toml
+# One virtualenv, two stamps: `make run` installs the runtime dependencies only (light and quick),
+# the test targets add the test extras on top. Either order works, and each stamp is redone when
+# pyproject.toml changes.
+RUNTIME := $(VENV)/.installed-runtime
+TESTDEPS := $(VENV)/.installed-test
+
+$(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
+
+$(RUNTIME): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+$(TESTDEPS): pyproject.toml $(RUNTIME)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $@
 
-setup: $(BIN)/ovs-vport-exporter
+## The development virtualenv: the exporter and everything the tests and tools need.
+setup: $(TESTDEPS)
 
 ## Serve metrics on :9310 (pass flags with ARGS="--web.listen-address 127.0.0.1:9310").
-run: setup
+run: $(RUNTIME)
 	$(BIN)/ovs-vport-exporter $(ARGS)
 
 lint: setup
