@@ -15,8 +15,10 @@ TESTDEPS := $(VENV)/.installed-test
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
+# --no-compile: Python compiles the modules the exporter imports on first start, rather than pip
+# compiling every module of pyroute2 up front.
 $(RUNTIME): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e .
+	$(BIN)/pip install --quiet --no-compile -e .
 	touch $@
 
 $(TESTDEPS): pyproject.toml $(RUNTIME)
