@@ -14,8 +14,9 @@ Nothing here uses the checkout's own `.venv`: only the system Python (`python3`)
 and pip's cache, whose state the figures depend on (a warm cache is the common
 case for a developer; a cold one adds the download time).
 
-    python3 -m benchmarks.install            # README "Quick start" figures
-    python3 -m benchmarks.install --keep     # also print the clone's path and leave it
+    python3 -m benchmarks.install                     # README "Quick start" figures
+    python3 -m benchmarks.install --make LEND_PIP=    # as on a Python without pip of its own
+    python3 -m benchmarks.install --keep              # leave the clone and print its path
 """
 
 from __future__ import annotations
@@ -48,14 +49,14 @@ def _venv_bytes(clone: Path) -> int:
     return int(out.stdout.split()[0])
 
 
-def _serve(clone: Path, deadline_s: float) -> float:
+def _serve(clone: Path, make_args: list[str], deadline_s: float) -> float:
     """`make run` on a loopback port: seconds until /metrics answers 200; then SIGTERM."""
     port = _free_port()
     url = f"http://127.0.0.1:{port}/metrics"
     start = time.monotonic()
     # A process group of its own, so that stopping it stops make's child (the exporter) too.
     process = subprocess.Popen(
-        ["make", "--no-print-directory", "run", f"ARGS=--web.listen-address=127.0.0.1:{port}"],
+        ["make", "--no-print-directory", "run", f"ARGS=--web.listen-address=127.0.0.1:{port}", *make_args],
         cwd=clone,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -79,6 +80,11 @@ def _serve(clone: Path, deadline_s: float) -> float:
         process.wait(timeout=30)
 
 
+def _load() -> str:
+    """The 1-minute load average: these are wall times, and other work on the machine shows in them."""
+    return f"{os.getloadavg()[0]:.1f}"
+
+
 def _timed(command: list[str], clone: Path) -> float:
     start = time.monotonic()
     subprocess.run(command, cwd=clone, check=True, stdout=subprocess.DEVNULL)
@@ -88,6 +94,7 @@ def _timed(command: list[str], clone: Path) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--keep", action="store_true", help="leave the clone in place")
+    parser.add_argument("--make", nargs="*", default=[], metavar="VAR=VALUE", help="extra make arguments")
     args = parser.parse_args()
 
     parent = Path(tempfile.mkdtemp(prefix="ovs-install-"))
@@ -103,18 +110,19 @@ def main() -> int:
             text=True,
             check=True,
         ).stdout.strip()
-        print(f"fresh clone of {head}, python3 {python}, {os.cpu_count()} CPUs")
+        print(f"fresh clone of {head}, python3 {python}, {os.cpu_count()} CPUs, load {_load()}")
 
-        serve_s = _serve(clone, deadline_s=300)
+        serve_s = _serve(clone, args.make, deadline_s=300)
         run_mb = _venv_bytes(clone) / 1e6
         print(f"make run:   serving /metrics after {serve_s:5.1f} s   .venv {run_mb:6.1f} MB")
 
-        setup_s = _timed(["make", "--no-print-directory", "setup"], clone)
+        setup_s = _timed(["make", "--no-print-directory", "setup", *args.make], clone)
         test_mb = _venv_bytes(clone) / 1e6
         print(f"make setup: test extras added in  {setup_s:5.1f} s   .venv {test_mb:6.1f} MB")
 
-        again_s = _serve(clone, deadline_s=60)
+        again_s = _serve(clone, args.make, deadline_s=60)
         print(f"make run again, after the test extras: serving after {again_s:.1f} s")
+        print(f"load average at the end: {_load()}")
         if args.keep:
             print(f"clone left in {clone}")
     finally:
