@@ -66,7 +66,8 @@ def _serve(clone: Path, make_args: list[str], deadline_s: float) -> float:
     try:
         while True:
             if process.poll() is not None:
-                sys.exit(f"make run exited with {process.returncode}:\n{process.stderr.read() if process.stderr else ''}")
+                errors = process.stderr.read() if process.stderr else ""
+                sys.exit(f"make run exited with {process.returncode}:\n{errors}")
             if time.monotonic() - start > deadline_s:
                 sys.exit(f"make run did not serve {url} within {deadline_s:.0f} s")
             try:

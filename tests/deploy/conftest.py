@@ -20,7 +20,8 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -280,3 +281,64 @@ def run_exporter() -> Callable[..., Scrape]:
         return Scrape(landing, anonymous, metrics_status, metrics, capabilities, exit_code)
 
     return _run
+
+
+class Serving:
+    """An exporter process being served on a loopback port (see `serving`)."""
+
+    def __init__(self, process: subprocess.Popen[str], base: str) -> None:
+        self.process = process
+        self.base = base
+        self.exit_code: int | None = None
+        self.output = ""
+
+    def get(self, path: str) -> tuple[int, str]:
+        return _get(self.base + path, None, None)
+
+
+@contextmanager
+def _serving(
+    command: list[str], port: int, *, cwd: Path, env: dict[str, str] | None = None
+) -> Iterator[Serving]:
+    """Start `command`, which serves HTTP on 127.0.0.1:`port`; yield once `/` answers; then SIGTERM
+    it and record its exit code and output (stdout and stderr)."""
+    process = subprocess.Popen(
+        command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    handle = Serving(process, f"http://127.0.0.1:{port}")
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if process.poll() is not None:
+                output = process.stdout.read() if process.stdout else ""
+                pytest.fail(f"{command[0]} exited with {process.returncode}: {output}", pytrace=False)
+            if time.monotonic() > deadline:
+                pytest.fail(f"{' '.join(command)} did not answer on port {port} within 60 s", pytrace=False)
+            try:
+                handle.get("/")
+                break
+            except (ConnectionError, urllib.error.URLError):
+                time.sleep(0.1)
+        yield handle
+    finally:
+        process.terminate()
+        try:
+            handle.exit_code = process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            handle.exit_code = process.wait()
+        if process.stdout:
+            handle.output = process.stdout.read()
+            process.stdout.close()
+
+
+@pytest.fixture(scope="session")
+def serving() -> Callable[..., AbstractContextManager[Serving]]:
+    """serving(command, port, *, cwd, env=None): a context manager that starts an installed
+    exporter (a wheel's entry point, an image under podman) and stops it with SIGTERM."""
+    return _serving
+
+
+@pytest.fixture(scope="session")
+def free_port() -> Callable[[], int]:
+    return _free_port

@@ -139,7 +139,7 @@ def test_install_steps_work_in_a_fresh_virtualenv(text: str, tmp_path: Path) -> 
                 env[name] = value
         elif instruction.keyword == "RUN":
             command = instruction.arguments
-            venv_match = re.fullmatch(r"python -m venv (\S+)", command)
+            venv_match = re.fullmatch(r"python3? -m venv (\S+)", command)
             if venv_match:
                 venv_in_image = venv_match.group(1)
                 venv = tmp_path / "venv"
