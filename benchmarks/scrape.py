@@ -51,11 +51,18 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 # --- server side: runs in the subprocess ---------------------------------------------------------
 
 
-def serve(implementation: str, vports: int) -> None:
-    """Build the dataset, start the server, report the port, and serve until stdin closes."""
+def serve(implementation: str, vports: int, ovsdb: str | None = None) -> None:
+    """Build the dataset, start the server, report the port, and serve until stdin closes.
+
+    With ``ovsdb`` (a remote), the exporter also runs its OVSDB reader on it, as
+    ``--collector.ovsdb`` does, and reports once its first complete copy is in: then
+    the READY line also carries the reader's memory (RSS growth from start to copy,
+    in bytes) and how long its copy and build took (seconds).
+    """
     from benchmarks.dataset import PrebuiltKernelSocket, build
 
     dataset = build(vports)
+    extra = ""
     if implementation == "exporter":
         from exporter import __version__
         from exporter.collector import Collector
@@ -64,17 +71,47 @@ def serve(implementation: str, vports: int) -> None:
         from exporter.web import MetricsServer
 
         source = KernelSource(lambda: PrebuiltKernelSocket(dataset))
+        sources = []
+        if ovsdb is not None:
+            extra = _start_ovsdb(ovsdb, sources)
         server = MetricsServer(
-            "127.0.0.1", 0, "/metrics", Collector(source, Filters(), __version__), __version__
-        )
+            "127.0.0.1", 0, "/metrics", Collector(source, Filters(), __version__, snapshot_sources=sources),
+            __version__,
+        )  # fmt: skip
         threading.Thread(target=server.serve_forever, daemon=True).start()
         port = server.port
     else:
         from benchmarks import baseline
 
         port = baseline.serve(dataset)
-    print(f"READY {port} {dataset.nbytes}", flush=True)
+    print(f"READY {port} {dataset.nbytes}{extra}", flush=True)
     sys.stdin.read()  # the driver closes stdin when it is done
+
+
+def _rss_bytes() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise KeyError("VmRSS")
+
+
+def _start_ovsdb(remote: str, sources: list[object]) -> str:
+    """Start the OVSDB source and wait for its first copy; " <reader bytes> <build seconds>"."""
+    import gc
+
+    from exporter.identity import DEFAULT_EXTERNAL_IDS, IdentitySource
+
+    gc.collect()
+    before = _rss_bytes()
+    identity = IdentitySource(remote, DEFAULT_EXTERNAL_IDS)
+    deadline = time.monotonic() + 300
+    while identity.reader.current() is None:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"no copy of OVSDB from {remote}: {identity.reader.state}")
+        time.sleep(0.1)
+    gc.collect()
+    sources.append(identity)
+    return f" {_rss_bytes() - before} {identity.reader.last_build_seconds}"
 
 
 # --- client side: the driver ---------------------------------------------------------------------
@@ -96,11 +133,12 @@ def get_metrics(port: int, path: str = "/metrics") -> tuple[float, http.client.H
 class Server:
     """One implementation at one size, in its own process."""
 
-    def __init__(self, implementation: str, vports: int) -> None:
+    def __init__(self, implementation: str, vports: int, ovsdb: str | None = None) -> None:
         self.implementation = implementation
         self.vports = vports
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "benchmarks.scrape", "--serve", implementation, "--vports", str(vports)],
+            [sys.executable, "-m", "benchmarks.scrape", "--serve", implementation, "--vports", str(vports)]
+            + (["--ovsdb", ovsdb] if ovsdb else []),
             cwd=REPO_ROOT,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -113,6 +151,7 @@ class Server:
             raise RuntimeError(f"{implementation} server for {vports} vports did not start")
         self.port = int(line[1])
         self.dataset_bytes = int(line[2])
+        self.extra = line[3:]  # with --ovsdb: the reader's bytes and build seconds
 
     def memory_mb(self, key: str) -> float:
         """VmRSS (now) or VmHWM (peak) of the server process, in MB (10^6 bytes)."""
@@ -268,6 +307,54 @@ def measure_soak(vports: int, scrapes: int) -> Soak:
     return soak
 
 
+@dataclass
+class OvsdbCost:
+    vports: int
+    interfaces: int
+    rounds: int
+    off_ms: float  # median scrape, OVSDB off
+    on_ms: float  # median scrape of the same vports with the OVSDB reader on
+    ratio: float  # median over the rounds of on / off within the round
+    reader_mb: float  # RSS growth of the exporter from before the reader to its first copy
+    build_ms: float  # the reader's copy + join + write of all the interfaces, once per change
+    idle_rss_off_mb: float
+    idle_rss_on_mb: float
+    interface_info_samples: int
+
+
+def measure_ovsdb(vports: int, interfaces: int, rounds: int) -> OvsdbCost:
+    """The same scrape with the OVSDB reader off and on, side by side: both servers up, turn about."""
+    from benchmarks.ovsdb_load import loaded_server
+
+    with loaded_server(interfaces, vports) as ovsdb:
+        off, on = Server("exporter", vports), Server("exporter", vports, ovsdb=ovsdb.remote)
+        try:
+            off.scrape(check=True)
+            on.scrape(check=True)
+            text = gzip.decompress(get_metrics(on.port)[2]).decode()
+            samples = sum(1 for line in text.splitlines() if line.startswith("ovs_interface_info{"))
+            if samples == 0 or 'ovs_scrape_collector_success{collector="ovsdb"} 1' not in text:
+                raise RuntimeError("the OVSDB side served no identity")
+            times_off, times_on, ratios = [], [], []
+            for i in range(rounds):
+                # Alternate which goes first, so that neither always follows the other.
+                a, b = (off, on) if i % 2 == 0 else (on, off)
+                ta, tb = a.scrape(), b.scrape()
+                t_off, t_on = (ta, tb) if a is off else (tb, ta)
+                times_off.append(t_off)
+                times_on.append(t_on)
+                ratios.append(t_on / t_off)
+            idle_off, idle_on = off.memory_mb("VmRSS"), on.memory_mb("VmRSS")
+        finally:
+            off.stop()
+            on.stop()
+    return OvsdbCost(
+        vports, interfaces, rounds,
+        statistics.median(times_off) * 1e3, statistics.median(times_on) * 1e3, statistics.median(ratios),
+        int(on.extra[0]) / 1e6, float(on.extra[1]) * 1e3, idle_off, idle_on, samples,
+    )  # fmt: skip
+
+
 def machine() -> dict[str, str]:
     model = "unknown"
     for line in subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout.splitlines():
@@ -330,12 +417,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--concurrency-rounds", type=int, default=15)
     p.add_argument("--soak", type=int, default=1000, help="scrapes in the RSS run (0 to skip)")
     p.add_argument("--soak-size", type=int, default=10000)
+    p.add_argument("--ovsdb-size", type=int, default=10000, help="vports and OVSDB interfaces (0 to skip)")
+    p.add_argument("--ovsdb-rounds", type=int, default=31)
     p.add_argument("--json", type=Path, help="also write every figure to this file")
+    p.add_argument("--ovsdb", help=argparse.SUPPRESS)
     p.add_argument("--serve", choices=IMPLEMENTATIONS, help=argparse.SUPPRESS)
     p.add_argument("--vports", type=int, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.serve:
-        serve(args.serve, args.vports)
+        serve(args.serve, args.vports, args.ovsdb)
         return 0
 
     info = machine()
@@ -373,6 +463,15 @@ def main(argv: list[str] | None = None) -> int:
         after = ", ".join(f"{n} scrapes {mb:.1f} MB" for n, mb in sorted(s.rss_mb.items()))
         print(f"\nRSS of the exporter at {s.vports:,} vports after {after}; peak {s.peak_rss_mb:.1f} MB; "
               f"median scrape over the run {s.median_ms:.1f} ms")  # fmt: skip
+    if args.ovsdb_size:
+        o = measure_ovsdb(args.ovsdb_size, args.ovsdb_size, args.ovsdb_rounds)
+        report["ovsdb"] = asdict(o)
+        print(f"\nOVSDB reader, {o.vports:,} vports and {o.interfaces:,} OVSDB interfaces"
+              f" ({o.interface_info_samples:,} ovs_interface_info samples), {o.rounds} rounds side by side:"
+              f" median scrape {o.off_ms:.1f} ms off, {o.on_ms:.1f} ms on; on/off, median of the rounds'"
+              f" ratios: {o.ratio:.3f}. Reader memory {o.reader_mb:.1f} MB (idle RSS"
+              f" {o.idle_rss_off_mb:.1f} MB off, {o.idle_rss_on_mb:.1f} MB on);"
+              f" copy and build of all interfaces {o.build_ms:.0f} ms")  # fmt: skip
     # Other work on the machine skews every figure: the load average says how quiet it was.
     info["loadavg_at_end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
     print(f"\nload average at start {info['loadavg_at_start']}, at end {info['loadavg_at_end']}")

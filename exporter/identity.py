@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 from exporter.exposition import INTERFACE_INFO, SYSTEM_INFO, Format, family_header, render_info_samples
 from exporter.model import DatapathDump, Health, SourceReport
-from exporter.ovsdb import OvsdbReader, OvsdbSnapshot
+from exporter.ovsdb import OvsdbInterface, OvsdbReader, OvsdbSnapshot
 
 KERNEL_DATAPATH = "ovs-system"
 SYSTEM_DATAPATH_TYPES = ("", "system")
@@ -144,35 +144,107 @@ class SystemIdentity:
     labels: tuple[tuple[str, str], ...]
 
 
-def interface_identities(snapshot: OvsdbSnapshot, external_ids: Sequence[str]) -> list[InterfaceIdentity]:
-    """Every kernel-datapath vport OVSDB describes, one identity per vport, in (port) order."""
-    wanted = [(key, label_name(key)) for key in external_ids]
-    by_port: dict[str, list[tuple[tuple[str, str], ...]]] = {}
-    for bridge in snapshot.bridges:
-        if bridge.datapath_type not in SYSTEM_DATAPATH_TYPES:
-            continue
-        for iface in bridge.interfaces:
-            labels: dict[str, str] = {"bridge": bridge.name}
-            if iface.ofport is not None:
-                labels["ofport"] = str(iface.ofport)
-            labels["interface_type"] = iface.type or "system"
-            for key, name in wanted:
-                value = iface.external_ids.get(key)
-                # Keys with the same label are alternatives: the first one present wins.
-                if value is not None and name not in labels:
-                    labels[name] = value
-            port = kernel_vport_name(iface.name, iface.type, iface.dst_port)
-            by_port.setdefault(port, []).append(tuple(labels.items()))
-    result = []
-    for port in sorted(by_port):
-        label_sets = by_port[port]
-        merged = label_sets[0] if len(label_sets) == 1 else _agreed(label_sets)
-        result.append(
-            InterfaceIdentity(
-                KERNEL_DATAPATH, label_value(port), tuple((k, label_value(v)) for k, v in merged)
-            )
+@dataclass(frozen=True, slots=True)
+class IdentityView:
+    """What a scrape serves from one OVSDB snapshot: the info samples, already written."""
+
+    interfaces: str  # ovs_interface_info samples, without the family header
+    system: str  # ovs_system_info sample, or ""
+    interface_count: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Joined:
+    """One Interface joined: its vport and labels as OVSDB has them, the identity and its sample line."""
+
+    iface: OvsdbInterface
+    bridge: str
+    port: str  # the kernel vport name, before label_value
+    labels: tuple[tuple[str, str], ...]  # before label_value, for merging
+    identity: InterfaceIdentity
+    line: str
+
+
+class IdentityBuilder:
+    """Joins snapshots into identities and ``ovs_interface_info`` samples (in the reader's thread).
+
+    The reader hands over the records of unchanged rows as the same objects, so the
+    work for an Interface is kept by object identity and redone only when it changed:
+    after one port is added to 10,000, one Interface is joined, not 10,000.
+    """
+
+    def __init__(
+        self, external_ids: Sequence[str], allows: Callable[[str, str], bool] = lambda datapath, port: True
+    ) -> None:
+        self._wanted = tuple((key, label_name(key)) for key in external_ids)
+        self._allows = allows
+        self._memo: dict[int, _Joined] = {}
+
+    def identities(self, snapshot: OvsdbSnapshot) -> list[tuple[InterfaceIdentity, str]]:
+        """Every kernel-datapath vport OVSDB describes, one identity (and line) per vport, in port order."""
+        memo: dict[int, _Joined] = {}
+        by_port: dict[str, list[_Joined]] = {}
+        for bridge in snapshot.bridges:
+            if bridge.datapath_type not in SYSTEM_DATAPATH_TYPES:
+                continue
+            for iface in bridge.interfaces:
+                joined = self._memo.get(id(iface))
+                if joined is None or joined.iface is not iface or joined.bridge != bridge.name:
+                    joined = self._join(bridge.name, iface)
+                memo[id(iface)] = joined
+                by_port.setdefault(joined.port, []).append(joined)
+        self._memo = memo
+        result = []
+        for port in sorted(by_port):
+            group = by_port[port]
+            if len(group) == 1:
+                result.append((group[0].identity, group[0].line))
+            else:
+                identity = _identity(port, _agreed(j.labels for j in group))
+                result.append((identity, _line(identity)))
+        return result
+
+    def build(self, snapshot: OvsdbSnapshot) -> IdentityView:
+        """The view a scrape serves of one snapshot."""
+        lines = [line for i, line in self.identities(snapshot) if self._allows(i.datapath, i.port)]
+        system = system_identity(snapshot)
+        return IdentityView(
+            "".join(lines),
+            render_info_samples(SYSTEM_INFO[0], [system.labels]) if system is not None else "",
+            len(lines),
         )
-    return result
+
+    def _join(self, bridge: str, iface: OvsdbInterface) -> _Joined:
+        labels: dict[str, str] = {"bridge": bridge}
+        if iface.ofport is not None:
+            labels["ofport"] = str(iface.ofport)
+        labels["interface_type"] = iface.type or "system"
+        for key, name in self._wanted:
+            value = iface.external_ids.get(key)
+            # Keys with the same label are alternatives: the first one present wins.
+            if value is not None and name not in labels:
+                labels[name] = value
+        port = kernel_vport_name(iface.name, iface.type, iface.dst_port)
+        raw = tuple(labels.items())
+        identity = _identity(port, raw)
+        return _Joined(iface, bridge, port, raw, identity, _line(identity))
+
+
+def _identity(port: str, labels: Iterable[tuple[str, str]]) -> InterfaceIdentity:
+    return InterfaceIdentity(
+        KERNEL_DATAPATH, label_value(port), tuple((k, label_value(v)) for k, v in labels)
+    )
+
+
+def _line(identity: InterfaceIdentity) -> str:
+    return render_info_samples(
+        INTERFACE_INFO[0], [(("datapath", identity.datapath), ("port", identity.port), *identity.labels)]
+    )
+
+
+def interface_identities(snapshot: OvsdbSnapshot, external_ids: Sequence[str]) -> list[InterfaceIdentity]:
+    """Every kernel-datapath vport OVSDB describes, one identity per vport, in port order."""
+    return [identity for identity, _ in IdentityBuilder(external_ids).identities(snapshot)]
 
 
 def _agreed(label_sets: Iterable[tuple[tuple[str, str], ...]]) -> tuple[tuple[str, str], ...]:
@@ -197,37 +269,6 @@ def system_identity(snapshot: OvsdbSnapshot) -> SystemIdentity | None:
     return SystemIdentity(tuple((k, label_value(v)) for k, v in values if v))
 
 
-@dataclass(frozen=True, slots=True)
-class IdentityView:
-    """What a scrape serves from one OVSDB snapshot: the info samples, already written."""
-
-    interfaces: str  # ovs_interface_info samples, without the family header
-    system: str  # ovs_system_info sample, or ""
-    interface_count: int
-
-
-def build_view(
-    snapshot: OvsdbSnapshot,
-    external_ids: Sequence[str],
-    allows: Callable[[str, str], bool] = lambda datapath, port: True,
-) -> IdentityView:
-    """Join and write one snapshot (runs in the reader's thread, once per change).
-
-    ``allows(datapath, port)``: the datapath and port filters, so that the info series
-    cover the same vports as the counters.
-    """
-    identities = [i for i in interface_identities(snapshot, external_ids) if allows(i.datapath, i.port)]
-    samples = render_info_samples(
-        INTERFACE_INFO[0], ((("datapath", i.datapath), ("port", i.port), *i.labels) for i in identities)
-    )
-    system = system_identity(snapshot)
-    return IdentityView(
-        samples,
-        render_info_samples(SYSTEM_INFO[0], [system.labels]) if system is not None else "",
-        len(identities),
-    )
-
-
 class IdentitySource:
     """The OVSDB source as the collector sees it: the latest view, never waiting for OVSDB."""
 
@@ -238,9 +279,8 @@ class IdentitySource:
         allows: Callable[[str, str], bool] = lambda datapath, port: True,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
-        keys = tuple(external_ids)
         self.reader: OvsdbReader[IdentityView] = OvsdbReader(
-            remote, lambda snapshot: build_view(snapshot, keys, allows)
+            remote, IdentityBuilder(external_ids, allows).build
         )
         self._clock = clock
         self.reader.start()

@@ -33,6 +33,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from operator import attrgetter, itemgetter
 from typing import Any, Generic, TypeVar
 
 import ovs.db.error
@@ -169,52 +170,120 @@ def _text(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def snapshot_of(tables: Mapping[str, Any], present: Mapping[str, list[str]]) -> OvsdbSnapshot:
-    """Copy the Idl's replica (``idl.tables``) into plain immutable records.
+class _Idl(ovs.db.idl.Idl):  # type: ignore[misc]
+    """The library's Idl, remembering which rows changed (its ``notify`` hook) since the last snapshot."""
 
-    Columns the schema lacks (absent from ``present``) read as absent values.
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.changed: dict[str, set[Any]] = {}  # table name -> UUIDs of rows created, changed or deleted
+
+    def notify(self, event: str, row: Any, updates: Any = None) -> None:
+        self.changed.setdefault(row._table.name, set()).add(row.uuid)
+
+
+def _ref_uuids(row: Any, column: str) -> tuple[Any, ...]:
+    """The UUIDs a reference-set column holds (Bridge.ports, Port.interfaces).
+
+    Reading the column as an attribute builds and sorts a Row per reference (0.1 s
+    for a bridge of 10,000 ports, on every port added); the committed datum already
+    holds the UUIDs. The reader never writes, so the committed data is all there is.
     """
-    iface_columns = set(present.get("Interface", ()))
-    has_dp_type = "datapath_type" in present.get("Bridge", ())
-    has_port_name = "name" in present.get("Port", ())
-    interfaces: dict[Any, OvsdbInterface] = {}
+    try:
+        return tuple(atom.value for atom in row._data[column].values)
+    except (AttributeError, KeyError, TypeError):  # another version of the library
+        return tuple(ref.uuid for ref in getattr(row, column))
 
-    def interface(row: Any) -> OvsdbInterface:
-        cached = interfaces.get(row.uuid)
-        if cached is None:
-            ofport = _optional(row.ofport) if "ofport" in iface_columns else None
-            options = _str_map(row.options) if "options" in iface_columns else {}
-            cached = OvsdbInterface(
-                name=row.name,
-                type=row.type if "type" in iface_columns else "",
-                ofport=ofport if isinstance(ofport, int) and not isinstance(ofport, bool) else None,
-                external_ids=_str_map(row.external_ids) if "external_ids" in iface_columns else {},
-                dst_port=options.get("dst_port"),
-            )
-            interfaces[row.uuid] = cached
-        return cached
 
-    bridges = []
-    for br in tables["Bridge"].rows.values():
-        # Ports in name order, so that a snapshot does not depend on the Idl's hash order.
-        ports = sorted(br.ports, key=(lambda p: p.name) if has_port_name else (lambda p: str(p.uuid)))
-        ifaces = tuple(interface(i) for port in ports for i in sorted(port.interfaces, key=lambda i: i.name))
-        bridges.append(OvsdbBridge(br.name, br.datapath_type if has_dp_type else "", ifaces))
-    bridges.sort(key=lambda b: b.name)
+class SnapshotBuilder:
+    """Copies an Idl's replica into immutable snapshots, converting only the rows that changed.
 
-    system = None
-    if "Open_vSwitch" in present:
-        ovs_columns = set(present["Open_vSwitch"])
-        for row in tables["Open_vSwitch"].rows.values():
-            ext = _str_map(row.external_ids) if "external_ids" in ovs_columns else {}
-            system = OvsdbSystem(
-                system_id=ext.get("system-id"),
-                hostname=ext.get("hostname"),
-                ovs_version=_text(row.ovs_version) if "ovs_version" in ovs_columns else None,
-                db_version=_text(row.db_version) if "db_version" in ovs_columns else None,
-            )
-            break
-    return OvsdbSnapshot(tuple(bridges), system)
+    Reading a column of an Idl row rebuilds its value each time (about 80 µs per
+    interface for the columns read here, 0.8 s at 10,000), so each row's record is
+    kept by UUID and rebuilt only when the Idl reports the row changed. Columns the
+    schema lacks (absent from ``present``) read as absent values.
+    """
+
+    def __init__(self, present: Mapping[str, list[str]]) -> None:
+        self._iface_columns = set(present.get("Interface", ()))
+        self._ovs_columns = set(present.get("Open_vSwitch", ()))
+        self._has_ovs_table = "Open_vSwitch" in present
+        self._has_dp_type = "datapath_type" in present.get("Bridge", ())
+        self._has_port_name = "name" in present.get("Port", ())
+        self._interfaces: dict[Any, OvsdbInterface] = {}
+        self._ports: dict[Any, tuple[str, tuple[Any, ...]]] = {}  # name, interface UUIDs
+        self._bridges: dict[Any, tuple[str, str, tuple[Any, ...]]] = {}  # name, datapath_type, port UUIDs
+
+    def snapshot(self, tables: Mapping[str, Any], changed: Mapping[str, set[Any]]) -> OvsdbSnapshot:
+        """The snapshot of ``tables`` (``idl.tables``); ``changed``: table -> UUIDs changed since the last."""
+        _refresh(tables["Interface"].rows, self._interfaces, changed.get("Interface", set()), self._interface)
+        _refresh(tables["Port"].rows, self._ports, changed.get("Port", set()), self._port)
+        _refresh(tables["Bridge"].rows, self._bridges, changed.get("Bridge", set()), self._bridge)
+        bridges = []
+        by_name = attrgetter("name")
+        for name, datapath_type, port_uuids in self._bridges.values():
+            # In name order, so that a snapshot does not depend on the Idl's hash order.
+            ports = sorted((self._ports[u] for u in port_uuids if u in self._ports), key=itemgetter(0))
+            ifaces = []
+            for _, iface_uuids in ports:
+                found = [self._interfaces[u] for u in iface_uuids if u in self._interfaces]
+                ifaces.extend(sorted(found, key=by_name) if len(found) > 1 else found)
+            bridges.append(OvsdbBridge(name, datapath_type, tuple(ifaces)))
+        bridges.sort(key=lambda b: b.name)
+        system = None
+        if self._has_ovs_table:
+            for row in tables["Open_vSwitch"].rows.values():
+                system = self._system(row)
+                break
+        return OvsdbSnapshot(tuple(bridges), system)
+
+    def _interface(self, row: Any) -> OvsdbInterface:
+        columns = self._iface_columns
+        ofport = _optional(row.ofport) if "ofport" in columns else None
+        options = _str_map(row.options) if "options" in columns else {}
+        return OvsdbInterface(
+            name=row.name,
+            type=row.type if "type" in columns else "",
+            ofport=ofport if isinstance(ofport, int) and not isinstance(ofport, bool) else None,
+            external_ids=_str_map(row.external_ids) if "external_ids" in columns else {},
+            dst_port=options.get("dst_port"),
+        )
+
+    def _port(self, row: Any) -> tuple[str, tuple[Any, ...]]:
+        name = row.name if self._has_port_name else str(row.uuid)
+        return name, _ref_uuids(row, "interfaces")
+
+    def _bridge(self, row: Any) -> tuple[str, str, tuple[Any, ...]]:
+        return row.name, row.datapath_type if self._has_dp_type else "", _ref_uuids(row, "ports")
+
+    def _system(self, row: Any) -> OvsdbSystem:
+        columns = self._ovs_columns
+        ext = _str_map(row.external_ids) if "external_ids" in columns else {}
+        return OvsdbSystem(
+            system_id=ext.get("system-id"),
+            hostname=ext.get("hostname"),
+            ovs_version=_text(row.ovs_version) if "ovs_version" in columns else None,
+            db_version=_text(row.db_version) if "db_version" in columns else None,
+        )
+
+
+R = TypeVar("R")
+
+
+def _refresh(
+    rows: Mapping[Any, Any], cache: dict[Any, R], changed: set[Any], convert: Callable[[Any], R]
+) -> None:
+    """Bring ``cache`` (UUID -> record) up to date with ``rows``, converting only the changed rows."""
+    for uuid in changed:
+        row = rows.get(uuid)
+        if row is None:
+            cache.pop(uuid, None)
+        else:
+            cache[uuid] = convert(row)
+    if len(cache) != len(rows):
+        # The Idl empties its tables without notifying when it reloads them: start over.
+        cache.clear()
+        for uuid, row in rows.items():
+            cache[uuid] = convert(row)
 
 
 def _describe(err: BaseException | int) -> str:
@@ -235,7 +304,7 @@ class OvsdbReader(Generic[T]):
     """
 
     #: Build at most this often while the database keeps changing (seconds).
-    MIN_REBUILD_INTERVAL = 0.5
+    MIN_REBUILD_INTERVAL = 1.0
     #: A connection that has not delivered a complete copy after this long is dropped and retried.
     SETTLE_TIMEOUT = 30.0
 
@@ -262,6 +331,7 @@ class OvsdbReader(Generic[T]):
         self._wake_r, self._wake_w = os.pipe()
         self._thread = threading.Thread(target=self._run, name="ovsdb-reader", daemon=True)
         self.rebuilds = 0  # how many snapshots were built, for tests and the benchmark
+        self.last_build_seconds = 0.0  # how long the last copy and build took, for the benchmark
 
     def start(self) -> None:
         self._thread.start()
@@ -384,14 +454,15 @@ class OvsdbReader(Generic[T]):
         for table, columns in present.items():
             helper.register_columns(table, columns)
         # leader_only=False: reading from any member of a clustered database is fine.
-        idl = ovs.db.idl.Idl(self._remote, helper, probe_interval=self._probe_ms, leader_only=False)
+        idl = _Idl(self._remote, helper, probe_interval=self._probe_ms, leader_only=False)
         try:
             return self._follow(idl, present)
         finally:
             idl.close()
 
-    def _follow(self, idl: ovs.db.idl.Idl, present: Mapping[str, list[str]]) -> bool:
+    def _follow(self, idl: _Idl, present: Mapping[str, list[str]]) -> bool:
         """Run the Idl, publishing a build after each change, until the connection is lost."""
+        builder = SnapshotBuilder(present)
         started = time.monotonic()
         settling_since = started
         built_seqno = -1
@@ -427,10 +498,11 @@ class OvsdbReader(Generic[T]):
                 if idl.change_seqno != built_seqno:
                     wait = last_build + self.MIN_REBUILD_INTERVAL - now
                     if wait <= 0:
-                        seqno = idl.change_seqno
-                        self._publish(self._build(snapshot_of(idl.tables, present)))
+                        seqno, changed, idl.changed = idl.change_seqno, idl.changed, {}
+                        self._publish(self._build(builder.snapshot(idl.tables, changed)))
                         self.rebuilds += 1
                         built_seqno, last_build = seqno, time.monotonic()
+                        self.last_build_seconds = last_build - now
                         reached = True
                         self._set_state("connected")
                     else:

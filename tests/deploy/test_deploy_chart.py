@@ -74,6 +74,13 @@ SCENARIOS: dict[str, dict[str, Any]] = {
         }
     },
     "no-dashboards": {"dashboards": {"enabled": False}},
+    "ovsdb": {
+        "ovsdb": {"enabled": True, "groupId": 997, "externalIds": ["iface-id", "vm-uuid"]},
+        "podSecurityContext": {
+            "runAsNonRoot": True, "runAsUser": 65534, "runAsGroup": 65534, "supplementalGroups": [4000],
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+    },
     "network-policy": {
         "networkPolicy": {
             "enabled": True,
@@ -173,6 +180,8 @@ BAD_VALUES: dict[str, tuple[dict[str, Any], list[str]]] = {
     "bad pull policy": ({"image": {"pullPolicy": "Sometimes"}}, ["/image/pullPolicy"]),
     "lower-case scheme": ({"webConfig": {"scheme": "https"}}, ["/webConfig/scheme"]),
     "extra arg without dashes": ({"extraArgs": ["log.level=debug"]}, ["/extraArgs/0"]),
+    "ovsdb socket with a slash": ({"ovsdb": {"socket": "x/db.sock"}}, ["/ovsdb/socket"]),
+    "ovsdb group as text": ({"ovsdb": {"groupId": "openvswitch"}}, ["/ovsdb/groupId"]),
     "both monitors": (
         {"serviceMonitor": {"enabled": True}, "podMonitor": {"enabled": True}},
         ["serviceMonitor.enabled and podMonitor.enabled are both true"],
@@ -330,6 +339,32 @@ def test_daemonset_security_posture(render: Render, scenario: str) -> None:
         assert security.get("runAsUser", pod_security["runAsUser"]) != 0
 
 
+def test_ovsdb_mounts_the_socket_read_only_with_a_group_and_no_privilege(render: Render) -> None:
+    """--collector.ovsdb: the host's OVS run directory, read-only, and one more group; still no root."""
+    pod = _daemonset_pod(render(SCENARIOS["ovsdb"]))
+    (host_volume,) = [v for v in pod["volumes"] if "hostPath" in v]
+    assert host_volume["hostPath"] == {"path": "/run/openvswitch", "type": "Directory"}
+    container = _exporter(pod)
+    (mount,) = [m for m in container["volumeMounts"] if m["name"] == host_volume["name"]]
+    assert mount == {"name": host_volume["name"], "mountPath": "/run/openvswitch", "readOnly": True}
+    assert pod["securityContext"]["supplementalGroups"] == [4000, 997]
+    assert pod["securityContext"]["runAsUser"] == 65534 and pod["securityContext"]["runAsNonRoot"] is True
+    assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert "--collector.ovsdb" in container["args"]
+    assert _flag(container, "--collector.ovsdb.socket") == "unix:/run/openvswitch/db.sock"
+    assert _flag(container, "--collector.ovsdb.external-ids") == "iface-id,vm-uuid"
+    # Off by default: no mount, no flag, no extra group.
+    pod = _daemonset_pod(render({}))
+    assert not any("hostPath" in v for v in pod["volumes"])
+    assert not any(a.startswith("--collector.ovsdb") for a in _exporter(pod)["args"])
+    assert "supplementalGroups" not in pod["securityContext"]
+    # No group given: the mount and flags, and the pod's own groups unchanged.
+    pod = _daemonset_pod(render({"ovsdb": {"enabled": True, "runDir": "/var/run/openvswitch", "socket": "s"}}))
+    assert [v["hostPath"]["path"] for v in pod["volumes"] if "hostPath" in v] == ["/var/run/openvswitch"]
+    assert _flag(_exporter(pod), "--collector.ovsdb.socket") == "unix:/run/openvswitch/s"
+    assert "supplementalGroups" not in pod["securityContext"]
+
+
 def test_daemonset_runs_everywhere_by_default(render: Render) -> None:
     pod = _daemonset_pod(render({}))
     assert pod["tolerations"] == [{"operator": "Exists"}]
@@ -416,6 +451,8 @@ RUNNABLE = {
         "config": SCENARIOS["everything"]["config"],
         "extraArgs": ["--netlink.timeout=3"],
     },
+    # No OVSDB here: it starts, serves the kernel side and says OVSDB is not there.
+    "ovsdb": {"ovsdb": {"enabled": True, "externalIds": ["iface-id"]}},
 }
 
 
@@ -444,6 +481,8 @@ def test_exporter_runs_with_the_pod_arguments(
     assert scrape.landing_status == 200
     assert scrape.metrics_status == 200
     assert "\novs_up " in scrape.metrics
+    if "ovsdb" in RUNNABLE[scenario]:
+        assert '\novs_scrape_collector_success{collector="ovsdb"} 0\n' in scrape.metrics
     assert scrape.capabilities["CapEff"] == 0
     assert scrape.exit_code == 0
 

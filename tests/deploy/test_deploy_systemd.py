@@ -10,6 +10,7 @@ no new privileges, MemoryDenyWriteExecute).
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import subprocess
@@ -110,6 +111,38 @@ def test_systemd_analyze_security(systemd_analyze: str, unit_for_analysis: Path)
     assert match, overall.stdout[-2000:]
     assert float(match.group(1)) <= 2.0, overall.stdout[-2000:]
     assert match.group(2) == "OK"
+
+
+OVSDB_DROP_IN = REPO / "deploy" / "systemd" / "ovsdb.conf"
+
+
+@pytest.fixture
+def unit_with_ovsdb_drop_in(unit_for_analysis: Path) -> Path:
+    """The unit and deploy/systemd/ovsdb.conf as its drop-in, where systemd-analyze looks for it."""
+    drop_ins = unit_for_analysis.parent / f"{unit_for_analysis.name}.d"
+    drop_ins.mkdir()
+    (drop_ins / OVSDB_DROP_IN.name).write_text(OVSDB_DROP_IN.read_text(encoding="utf-8"), encoding="utf-8")
+    return unit_for_analysis
+
+
+def test_ovsdb_drop_in(systemd_analyze: str, unit_with_ovsdb_drop_in: Path) -> None:
+    """The drop-in adds one group and keeps host IDs; nothing else opens up, no privilege comes back."""
+    drop_in = settings(OVSDB_DROP_IN.read_text(encoding="utf-8"))
+    assert drop_in == {"SupplementaryGroups": ["openvswitch"], "PrivateUsers": ["no"]}
+    env = {**os.environ, "SYSTEMD_UNIT_PATH": f"{unit_with_ovsdb_drop_in.parent}:"}
+    verify = subprocess.run(
+        [systemd_analyze, "verify", str(unit_with_ovsdb_drop_in)],
+        capture_output=True, text=True, timeout=60, check=False, env=env,
+    )  # fmt: skip
+    assert verify.returncode == 0 and not verify.stderr.strip(), verify.stderr
+    result = subprocess.run(
+        [systemd_analyze, "security", "--offline=yes", "--json=short", str(unit_with_ovsdb_drop_in)],
+        capture_output=True, text=True, timeout=60, check=False, env=env,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    open_ = {check["name"] for check in json.loads(result.stdout) if not check["set"]}
+    # Read with the drop-in: the group itself and the host's IDs are open now, and only those.
+    assert open_ - set(ALLOWED_EXPOSURES) == {"PrivateUsers=", "SupplementaryGroups="}
 
 
 def test_unit_runs_unprivileged(service: dict[str, list[str]]) -> None:

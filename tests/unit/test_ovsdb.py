@@ -33,9 +33,9 @@ from exporter.exposition import INTERFACE_INFO, Format, family_header
 from exporter.identity import (
     DEFAULT_EXTERNAL_IDS,
     MAX_LABEL_VALUE_LENGTH,
+    IdentityBuilder,
     IdentitySource,
     IdentityView,
-    build_view,
 )
 from exporter.ovsdb import OvsdbReader
 from tests.ovsdb_server import (
@@ -56,7 +56,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def make_reader(remote: str, keys: tuple[str, ...] = DEFAULT_EXTERNAL_IDS) -> OvsdbReader[IdentityView]:
     # Short backoff and probe so that the restart tests take seconds, not the defaults' minutes.
     reader: OvsdbReader[IdentityView] = OvsdbReader(
-        remote, lambda s: build_view(s, keys), timeout=2.0, probe_interval=1.0, min_backoff=0.2, max_backoff=1.0
+        remote, IdentityBuilder(keys).build, timeout=2.0, probe_interval=1.0, min_backoff=0.2, max_backoff=1.0
     )
     reader.MIN_REBUILD_INTERVAL = 0.05
     reader.start()
@@ -551,3 +551,46 @@ def test_unprivileged_reader_through_a_read_only_mount(tmp_path: Path) -> None:
         shutil.rmtree(lib, ignore_errors=True)
     assert results[4242] == "['br0', 'tap0'] connected"
     assert results[4343] == "None cannot connect: Permission denied (errno 13 EACCES); retrying with backoff"
+
+
+def test_incremental_copy_equals_a_fresh_one(server: OvsdbServer, reader: OvsdbReader[IdentityView]) -> None:
+    """After a run of changes of every kind, the copy kept up to date equals one read from scratch."""
+    import random
+
+    rng = random.Random(10)
+    server.vsctl("add-br", "br-int", "--", "add-br", "br-ex", "--", "add-br", "br-u", "--", "set", "Bridge",
+                 "br-u", "datapath_type=netdev")  # fmt: skip
+    ports: set[str] = set()
+    for step in range(40):
+        action = rng.choice(["add", "add", "del", "ids", "type", "move", "bond"]) if ports else "add"
+        if action == "add":
+            name = f"p{step}"
+            server.vsctl("add-port", rng.choice(["br-int", "br-ex", "br-u"]), name, "--", "set", "Interface", name,
+                         f"external-ids:iface-id=id{step}", f"external_ids:pod_name=pod{step}")  # fmt: skip
+            ports.add(name)
+        elif action == "del":
+            name = rng.choice(sorted(ports))
+            server.vsctl("del-port", name)
+            ports.discard(name)
+        elif action == "ids":
+            name = rng.choice(sorted(ports))
+            server.vsctl("set", "Interface", name, f"external-ids:vm-uuid=vm{step}", f"external-ids:iface-id=n{step}")
+        elif action == "type":
+            name = rng.choice(sorted(ports))
+            server.vsctl("set", "Interface", name, "type=vxlan", f"options:dst_port={4000 + step}")
+        elif action == "move":
+            name = rng.choice(sorted(ports))
+            server.vsctl("del-port", name, "--", "add-port", rng.choice(["br-int", "br-ex"]), name)
+        else:
+            name = f"bond{step}"
+            server.vsctl("add-bond", "br-int", name, f"{name}a", f"{name}b")
+        if step % 8 == 0:
+            time.sleep(0.1)  # let some changes arrive one by one, others together
+    fresh = make_reader(server.remote)
+    try:
+        expected = wait_for(lambda: fresh.current(), what="a fresh copy")
+        wait_for(lambda: (v := reader.current()) is not None and v.interfaces == expected.interfaces, timeout=5,
+                 what="the kept copy to equal the fresh one")  # fmt: skip
+        assert reader.rebuilds > 5, "the changes came in several updates"
+    finally:
+        fresh.close()
