@@ -10,9 +10,11 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .netns import enter_netns
 from .promtext import Scrape, fetch
 
 #: Python is 20-35x slower under TCG: a cold start of the exporter takes seconds.
@@ -83,26 +85,46 @@ class Exporter(Process):
         user: int | None = None,
         host: str = "127.0.0.1",
         args: tuple[str, ...] = (),
+        netns: str | None = None,
+        groups: tuple[int, ...] = (),
     ) -> None:
+        """``netns`` runs it inside that namespace (as if it were the host), ``groups`` are the
+        supplementary groups of ``user``; reach it on ``host`` (an address of that namespace)."""
         self.port = port
+        # Also right when listening on every address (host "").
+        self.reach = host or "127.0.0.1"
         popen: dict[str, Any] = {}
         if user is not None:
             make_traversable(Path(sys.executable).resolve())
             make_traversable(Path(sys.prefix))
             make_traversable(Path.cwd())
             # Leaving uid 0 clears every capability: the exporter runs with none.
-            popen = {"user": user, "group": user, "extra_groups": []}
+            popen = {"user": user, "group": user, "extra_groups": list(groups)}
+        if netns is not None:
+            # setns() needs CAP_SYS_ADMIN, and Popen drops the user before preexec_fn runs:
+            # enter the namespace first, then drop to the user, in the child itself.
+            popen = {"preexec_fn": _enter_and_drop(netns, user, groups)}
         cmd = [sys.executable, "-m", "exporter", "--web.listen-address", f"{host}:{port}", *args]
         super().__init__(name, cmd, log_dir, **popen)
-        wait_http(f"http://127.0.0.1:{port}/", self.proc, name, self.log)
+        wait_http(f"http://{self.reach}:{port}/", self.proc, name, self.log)
 
     @property
     def url(self) -> str:
-        # Also right when listening on every address (host "").
-        return f"http://127.0.0.1:{self.port}/metrics"
+        return f"http://{self.reach}:{self.port}/metrics"
 
     def scrape(self) -> Scrape:
         return fetch(self.url)
+
+
+def _enter_and_drop(netns: str, user: int | None, groups: tuple[int, ...]) -> Callable[[], None]:
+    def preexec() -> None:
+        enter_netns(netns)
+        if user is not None:
+            os.setgroups(list(groups))
+            os.setgid(user)
+            os.setuid(user)
+
+    return preexec
 
 
 def tool(name: str) -> str:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from . import ovsnl
 from .ovsnl import OvsNetlink
+from .promtext import Scrape
 
 
 def sh(*args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -230,7 +231,11 @@ _STAT_RE = re.compile(r"(RX|TX) (packets|errors|dropped|bytes):(\d+|\?)")
 
 def dpctl_show(datapath: str) -> DpctlDatapath:
     """``ovs-dpctl show -s DATAPATH``, parsed. A '?' (not reported) becomes None."""
-    out = dpctl("show", "-s", datapath)
+    return parse_dpctl_show(datapath, dpctl("show", "-s", datapath))
+
+
+def parse_dpctl_show(datapath: str, out: str) -> DpctlDatapath:
+    """What ``show -s`` prints for one datapath (``ovs-dpctl``, or ``ovs-appctl dpctl/show``)."""
     dp = DpctlDatapath(datapath, {}, {}, {}, {})
     port: str | None = None
     for line in out.splitlines():
@@ -251,6 +256,37 @@ def dpctl_show(datapath: str) -> DpctlDatapath:
             for direction, what, value in _STAT_RE.findall(line):
                 dp.ports[port][f"{direction.lower()}_{what}"] = None if value == "?" else int(value)
     return dp
+
+
+def dpctl_diff(dpctl: DpctlDatapath, scrape: Scrape) -> list[str]:
+    """Differences between what ``show -s`` printed ('?' for some tunnel counters) and a scrape;
+    empty when equal."""
+    names = {"rx": "receive", "tx": "transmit"}
+    kinds = {"packets": "packets", "bytes": "bytes", "errors": "errors", "dropped": "dropped"}
+    problems = []
+    for counter, want in dpctl.counters.items():
+        metric = {
+            "hits": "ovs_datapath_lookup_hits_total",
+            "misses": "ovs_datapath_lookup_misses_total",
+            "lost": "ovs_datapath_lookup_lost_total",
+            "flows": "ovs_datapath_flows",
+            "mask_hits": "ovs_datapath_mask_hits_total",
+            "masks": "ovs_datapath_masks",
+            "mask_cache_hits": "ovs_datapath_mask_cache_hits_total",
+        }[counter]
+        have = scrape.value(metric, datapath=dpctl.name)
+        if have != want:
+            problems.append(f"{dpctl.name} {counter}: shown {want}, exporter {have}")
+    for port, stats in dpctl.ports.items():
+        for key, shown in stats.items():
+            if shown is None:
+                continue
+            direction, kind = key.split("_")
+            metric = f"ovs_vport_{names[direction]}_{kinds[kind]}_total"
+            have = scrape.value(metric, datapath=dpctl.name, port=port)
+            if have != shown:
+                problems.append(f"{dpctl.name}/{port} {key}: shown {shown}, exporter {have}")
+    return problems
 
 
 def wait_quiet(nl: OvsNetlink, settle: float = 1.0, timeout: float = 30) -> ovsnl.Snapshot:
