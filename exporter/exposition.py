@@ -12,6 +12,7 @@ what prometheus_client would have written for the same families.
 from __future__ import annotations
 
 import enum
+import operator
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
@@ -24,30 +25,48 @@ class Format(enum.Enum):
     OPENMETRICS = "application/openmetrics-text; version=1.0.0; charset=utf-8"
 
 
+# Where each group of counters is in a ``wire.Vport``: a tuple of numbers, or None when the
+# kernel did not send it (upcall statistics before 6.2).
+_STATS = wire.Vport._fields.index("stats")
+_UPCALL_STATS = wire.Vport._fields.index("upcall_stats")
+# A family's values, taken out of that record of every vport that has it, in order.
+Column = Callable[[Sequence[tuple[int, ...]]], tuple[int, ...]]
+
+
 @dataclass(frozen=True, slots=True)
 class VportCounter:
-    """A counter family fed by one field of a vport record."""
+    """A counter family fed by one record of each vport (``Vport.stats`` or ``.upcall_stats``).
+
+    ``column`` reads the family's values out of the records of every vport at once:
+    ``map`` and ``operator`` loops run in C, where one Python call per sample cost
+    more than the rest of the rendering.
+    """
 
     name: str  # without the _total suffix
     help: str
-    value: Callable[[wire.Vport], int | None]
+    record: int  # the index in wire.Vport of the record read: _STATS or _UPCALL_STATS
+    column: Column
 
 
-def _stat(index: int) -> Callable[[wire.Vport], int | None]:
-    def value(vport: wire.Vport) -> int | None:
-        return None if vport.stats is None else vport.stats[index]
+def _stat(index: int) -> Column:
+    field = operator.itemgetter(index)
 
-    return value
+    def column(records: Sequence[tuple[int, ...]]) -> tuple[int, ...]:
+        return tuple(map(field, records))
 
-
-def _upcalls(vport: wire.Vport) -> int | None:
-    upcall = vport.upcall_stats
-    return None if upcall is None else upcall.success + upcall.fail
+    return column
 
 
-def _upcall_failures(vport: wire.Vport) -> int | None:
-    upcall = vport.upcall_stats
-    return None if upcall is None else upcall.fail
+_SUCCESS = operator.itemgetter(wire.UpcallStats._fields.index("success"))
+_FAIL = operator.itemgetter(wire.UpcallStats._fields.index("fail"))
+
+
+def _upcalls(records: Sequence[tuple[int, ...]]) -> tuple[int, ...]:
+    return tuple(map(operator.add, map(_SUCCESS, records), map(_FAIL, records)))
+
+
+def _upcall_failures(records: Sequence[tuple[int, ...]]) -> tuple[int, ...]:
+    return tuple(map(_FAIL, records))
 
 
 _S = wire.VportStats._fields
@@ -55,53 +74,63 @@ VPORT_COUNTERS: tuple[VportCounter, ...] = (
     VportCounter(
         "ovs_vport_receive_packets",
         "Packets received by the vport (ovs_vport_stats.rx_packets).",
+        _STATS,
         _stat(_S.index("rx_packets")),
     ),
     VportCounter(
         "ovs_vport_transmit_packets",
         "Packets transmitted by the vport (ovs_vport_stats.tx_packets).",
+        _STATS,
         _stat(_S.index("tx_packets")),
     ),
     VportCounter(
         "ovs_vport_receive_bytes",
         "Bytes received by the vport (ovs_vport_stats.rx_bytes).",
+        _STATS,
         _stat(_S.index("rx_bytes")),
     ),
     VportCounter(
         "ovs_vport_transmit_bytes",
         "Bytes transmitted by the vport (ovs_vport_stats.tx_bytes).",
+        _STATS,
         _stat(_S.index("tx_bytes")),
     ),
     VportCounter(
         "ovs_vport_receive_errors",
         "Receive errors on the vport (ovs_vport_stats.rx_errors).",
+        _STATS,
         _stat(_S.index("rx_errors")),
     ),
     VportCounter(
         "ovs_vport_transmit_errors",
         "Transmit errors on the vport (ovs_vport_stats.tx_errors).",
+        _STATS,
         _stat(_S.index("tx_errors")),
     ),
     VportCounter(
         "ovs_vport_receive_dropped",
         "Received packets dropped by the vport (ovs_vport_stats.rx_dropped).",
+        _STATS,
         _stat(_S.index("rx_dropped")),
     ),
     VportCounter(
         "ovs_vport_transmit_dropped",
         "Packets dropped on transmit by the vport (ovs_vport_stats.tx_dropped).",
+        _STATS,
         _stat(_S.index("tx_dropped")),
     ),
     VportCounter(
         "ovs_vport_upcalls",
         "Upcalls from the vport to userspace, successful or not"
         " (OVS_VPORT_UPCALL_ATTR_SUCCESS + FAIL; kernel 6.2+).",
+        _UPCALL_STATS,
         _upcalls,
     ),
     VportCounter(
         "ovs_vport_upcall_failures",
         "Upcalls from the vport that could not be delivered to userspace"
         " (OVS_VPORT_UPCALL_ATTR_FAIL; kernel 6.2+).",
+        _UPCALL_STATS,
         _upcall_failures,
     ),
 )
@@ -237,14 +266,10 @@ def render_labels(labels: Iterable[tuple[str, str]]) -> str:
     return "{" + ",".join(f'{k}="{escape_label_value(v)}"' for k, v in labels) + "}"
 
 
-# Vports per block in render_datapaths: a block's records (~400 bytes each) fit in a CPU cache.
-_RENDER_BLOCK = 2048
-
-
 def _vport_info_sample(port_labels: str, vport: wire.Vport) -> str:
     """The ``ovs_vport_info`` line. ``port_labels``: the escaped labels naming the port."""
     # Attributes an older kernel does not send are left out, never filled with 0. The
-    # numbers and type names need no escaping. One f-string per vport: this runs for every vport.
+    # numbers and type names need no escaping.
     optional = ""
     if vport.ifindex is not None:
         optional += f',ifindex="{vport.ifindex}"'
@@ -262,71 +287,155 @@ def _datapath_labels(dump: DatapathDump) -> str:
     return labels if dump.netns is None else f'netns="{escape_label_value(dump.netns)}",{labels}'
 
 
+_NAME = operator.itemgetter(wire.Vport._fields.index("name"))
+# Everything a vport record holds but its counters: what its ovs_vport_info line is made of.
+# Every field but the counters, so that a field added to the record is part of the key
+# before any label shows it.
+_IDENTITY = operator.itemgetter(
+    *(i for i, field in enumerate(wire.Vport._fields) if field not in ("stats", "upcall_stats"))
+)
+
+
+def _sample_template(sample: str, port_labels: Sequence[str]) -> bytes:
+    """``sample{labels} %d\n`` for each port, to be filled with ``bytes % values``."""
+    head = (sample + "{").encode()
+    tail = b"} %d\n"
+    # A '%' in a label value (a port may be named so) is written as itself, not a conversion.
+    labels = [label.encode().replace(b"%", b"%%") for label in port_labels]
+    return head + (tail + head).join(labels) + tail
+
+
+class _Counters:
+    """One datapath's cached text for one counter record: keyed on the port names it is made of."""
+
+    __slots__ = ("identity", "templates")
+
+    def __init__(self, identity: object) -> None:
+        self.identity = identity
+        self.templates: dict[str, bytes] = {}  # family name -> template
+
+
+class DatapathRenderer:
+    """Writes the exposition of datapaths and vports, reusing the fixed text of unchanged ports.
+
+    What stays the same from one scrape to the next is a port's escaped label text
+    and the fixed part of each of its lines: the lines of a counter family for a
+    datapath are kept as one ``bytes`` template (``name{labels} %d\n`` per port)
+    that ``bytes %`` fills with this scrape's values in one C loop, and a datapath's
+    ``ovs_vport_info`` lines are kept whole.
+
+    Nothing is ever served from an earlier scrape: each cached text is stored with
+    the exact values it was made from (the datapath's labels and every port name in
+    order, which ports have the record; every non-counter field of every port for
+    the info lines) and used only when this scrape's records hold the same, and every
+    counter value is this scrape's. The cache holds only what the last scrape used,
+    so ports and datapaths that went away are let go. Not thread-safe: the collector
+    renders under its lock.
+    """
+
+    def __init__(self) -> None:
+        self._counters: dict[tuple[str, int], _Counters] = {}
+        self._info: dict[str, tuple[object, bytes]] = {}
+
+    def render(
+        self,
+        dumps: Sequence[DatapathDump],
+        fmt: Format,
+        counters: Sequence[VportCounter] = VPORT_COUNTERS,
+        vport_info: bool = True,
+    ) -> list[bytes]:
+        """The exposition of every datapath and vport, as chunks to send in order.
+
+        ``counters`` and ``vport_info`` are the per-vport families to serve
+        (``vport_counters``; --collector.vport.metrics); the datapath families are
+        always served. A family with no samples (no vports, or upcall stats on a
+        kernel before 6.2) is left out entirely: absent means "not reported", never zero.
+        """
+        previous_counters, self._counters = self._counters, {}
+        previous_info, self._info = self._info, {}
+        samples: list[list[bytes]] = [[] for _ in counters]
+        info: list[bytes] = []
+        for dump in dumps:
+            vports = dump.vports
+            if not vports:
+                continue
+            dp = _datapath_labels(dump)
+            names = tuple(map(_NAME, vports))
+            port_labels: list[str] = []  # escaped, made only when some text must be made
+            records: dict[int, tuple[_Counters, list[tuple[int, ...]], tuple[int, ...] | None]] = {}
+            for out, counter in zip(samples, counters, strict=True):
+                group = records.get(counter.record)
+                if group is None:
+                    present = list(map(operator.itemgetter(counter.record), vports))
+                    kept: tuple[int, ...] | None = None  # None: every port has the record
+                    if not all(present):
+                        kept = tuple(i for i, record in enumerate(present) if record is not None)
+                        present = [present[i] for i in kept]
+                    identity = (dp, names, kept)
+                    cached = previous_counters.get((dp, counter.record))
+                    if cached is None or cached.identity != identity:
+                        cached = _Counters(identity)
+                    self._counters[(dp, counter.record)] = cached
+                    group = records[counter.record] = (cached, present, kept)
+                cached, present, kept = group
+                if not present:
+                    continue
+                template = cached.templates.get(counter.name)
+                if template is None:
+                    port_labels = port_labels or _port_labels(dp, names)
+                    chosen = port_labels if kept is None else [port_labels[i] for i in kept]
+                    template = cached.templates[counter.name] = _sample_template(
+                        counter.name + "_total", chosen
+                    )
+                out.append(template % counter.column(present))
+            if vport_info:
+                info_key = (dp, tuple(map(_IDENTITY, vports)))
+                cached_info = previous_info.get(dp)
+                if cached_info is None or cached_info[0] != info_key:
+                    port_labels = port_labels or _port_labels(dp, names)
+                    text = "".join(map(_vport_info_sample, port_labels, vports)).encode()
+                    cached_info = (info_key, text)
+                self._info[dp] = cached_info
+                info.append(cached_info[1])
+
+        body: list[bytes] = []
+        for out, counter in zip(samples, counters, strict=True):
+            if out:
+                body.append(family_header(counter.name, "counter", counter.help, fmt).encode())
+                body.extend(out)
+        if info:
+            body.append(family_header(VPORT_INFO[0], "info", VPORT_INFO[1], fmt).encode())
+            body.extend(info)
+
+        for metric in DATAPATH_METRICS:
+            sample = metric.name + "_total" if metric.kind == "counter" else metric.name
+            dp_lines = [
+                f"{sample}{{{_datapath_labels(dump)}}} {v}\n"
+                for dump in dumps
+                if (v := metric.value(dump)) is not None
+            ]
+            if dp_lines:
+                body.append(family_header(metric.name, metric.kind, metric.help, fmt).encode())
+                body.append("".join(dp_lines).encode())
+        return body
+
+
+def _port_labels(dp: str, names: Iterable[str]) -> list[str]:
+    """``datapath="..",port=".."`` (and ``netns``) of each port, escaped."""
+    return [f'{dp},port="{escape_label_value(name)}"' for name in names]
+
+
 def render_datapaths(
     dumps: Sequence[DatapathDump],
     fmt: Format,
     counters: Sequence[VportCounter] = VPORT_COUNTERS,
     vport_info: bool = True,
-) -> list[str]:
-    """The exposition of every datapath and vport, as chunks to join.
+) -> list[bytes]:
+    """The exposition of every datapath and vport, made from scratch (no cache kept).
 
-    ``counters`` and ``vport_info`` are the per-vport families to serve
-    (``vport_counters``; --collector.vport.metrics); the datapath families are always served.
-
-    A family with no samples (no vports, or upcall stats on a kernel before 6.2)
-    is left out entirely: absent means "not reported", never zero.
-
-    This is the hot path of a scrape (about ten samples per vport): each vport's
-    label set is escaped once and reused by every family, and the samples of a
-    family are list comprehensions of f-strings, joined once per block of vports.
+    See ``DatapathRenderer.render``; a collector keeps one renderer between scrapes.
     """
-    out: list[str] = []
-    # Each vport with its escaped 'datapath="..",port=".."', computed once for every family.
-    rows: list[tuple[str, wire.Vport]] = []
-    for dump in dumps:
-        dp = _datapath_labels(dump)
-        for vport in dump.vports:
-            rows.append((f'{dp},port="{escape_label_value(vport.name)}"', vport))
-
-    # Block by block: every counter family's samples of one block of vports, then the next
-    # block. A block's records stay in the CPU cache while the ten families read them; a
-    # whole pass per family would fetch every record from memory ten times, which made a
-    # vport cost more at 50,000 vports than at 10,000.
-    counter_blocks: list[list[str]] = [[] for _ in counters]
-    for start in range(0, len(rows), _RENDER_BLOCK):
-        block = rows[start : start + _RENDER_BLOCK]
-        for blocks, counter in zip(counter_blocks, counters, strict=True):
-            sample = counter.name + "_total"
-            value = counter.value
-            blocks.append(
-                "".join(
-                    [
-                        f"{sample}{{{labels}}} {v}\n"
-                        for labels, vport in block
-                        if (v := value(vport)) is not None
-                    ]
-                )
-            )
-    for blocks, counter in zip(counter_blocks, counters, strict=True):
-        if any(blocks):
-            out.append(family_header(counter.name, "counter", counter.help, fmt))
-            out.extend(blocks)
-
-    if rows and vport_info:
-        out.append(family_header(VPORT_INFO[0], "info", VPORT_INFO[1], fmt))
-        out.append("".join([_vport_info_sample(labels, vport) for labels, vport in rows]))
-
-    for metric in DATAPATH_METRICS:
-        sample = metric.name + "_total" if metric.kind == "counter" else metric.name
-        dp_lines = [
-            f"{sample}{{{_datapath_labels(dump)}}} {v}\n"
-            for dump in dumps
-            if (v := metric.value(dump)) is not None
-        ]
-        if dp_lines:
-            out.append(family_header(metric.name, metric.kind, metric.help, fmt))
-            out.append("".join(dp_lines))
-    return out
+    return DatapathRenderer().render(dumps, fmt, counters, vport_info)
 
 
 def render_gauge(name: str, help_text: str, value: float, fmt: Format) -> str:

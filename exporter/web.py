@@ -44,7 +44,7 @@ _RAW_DEFLATE_WBITS = -isal_zlib.MAX_WBITS
 
 
 class Scraper(Protocol):
-    def scrape_chunks(self, fmt: Format) -> list[str]: ...
+    def scrape_chunks(self, fmt: Format) -> list[bytes]: ...
 
 
 def negotiate_format(accept: str | None) -> Format:
@@ -266,7 +266,7 @@ class MetricsServer(ThreadingHTTPServer):
             self._renders_pending += 1
         try:
             with self._render_lock:
-                chunks = [chunk.encode("utf-8") for chunk in self.scraper.scrape_chunks(fmt)]
+                chunks = self.scraper.scrape_chunks(fmt)
         finally:
             with self._pending_lock:
                 self._renders_pending -= 1
