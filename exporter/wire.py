@@ -213,7 +213,7 @@ def iter_messages(buf: bytes) -> Iterator[Message]:
             raise DecodeError(
                 f"netlink message at offset {pos} claims {length} bytes, {total - pos} available"
             )
-        yield Message(mtype, flags, seq, pos, pos + length)
+        yield _new_tuple(Message, (mtype, flags, seq, pos, pos + length))
         pos += (length + 3) & ~3
 
 
@@ -420,4 +420,4 @@ def decode_vport(buf: bytes, message: Message) -> Vport:
     if port_no is None or vtype is None or name is None:
         missing = [n for n, v in (("PORT_NO", port_no), ("TYPE", vtype), ("NAME", name)) if v is None]
         raise DecodeError(f"vport message at offset {message.start} lacks {', '.join(missing)}")
-    return Vport(dp_ifindex, port_no, vtype, name, ifindex, netnsid, stats, upcall, dst_port)
+    return _new_tuple(Vport, (dp_ifindex, port_no, vtype, name, ifindex, netnsid, stats, upcall, dst_port))
