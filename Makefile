@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 ARGS ?=
 
-.PHONY: setup run test lint test-unit tools test-vm demo bench bench-vm clean
+.PHONY: setup run test lint test-unit tools test-vm demo bench bench-vm series clean
 
 # One virtualenv, two stamps: `make run` installs the runtime dependencies only (light and quick),
 # the test targets add the test extras on top. Either order works, and each stamp is redone when
@@ -81,6 +81,10 @@ bench: setup
 bench-vm: setup
 	bash tests/vm/setup.sh
 	$(BIN)/python -m tests.vm run --kernel 6.12 --quiet -- python -m benchmarks.vm_compare --vports 3000 --runs 15
+
+## Series a host costs in Prometheus at 100, 1,000 and 10,000 vports (docs/fleet.md).
+series: setup tools
+	$(BIN)/python -m benchmarks.series
 
 clean:
 	rm -rf $(VENV) .cache .mypy_cache .ruff_cache

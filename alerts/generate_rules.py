@@ -3,14 +3,24 @@
 The output, ``alerts/ovs-vport-exporter.rules.yml``, is committed: it is the one
 rules file that Prometheus, the Helm chart and the tests read. Run this script
 after editing ``config.yml`` (``--check`` only reports whether the committed file
-is current). Recording rules come first: per-port 5-minute rates and ratios, and
-per-datapath sums of them, so that alerts and dashboards stay cheap at thousands
-of ports; the alerts read those recorded series.
+is current).
+
+Recording rules come first. Per port, Prometheus already stores one series per
+exporter family; a recorded rate of each would double that. So per port only
+what the overview dashboard's top-port panels read is recorded (``record_per_port``
+in config.yml turns even that off): the packet and byte rates of every port, and
+the drop, error and failed-upcall rates and ratios only while they are above 0,
+which is a few ports, not all of them. The aggregates the dashboards read are
+recorded per datapath and, where OVSDB identity (``ovs_interface_info``) is
+scraped, per bridge. Alerts read the raw counters: an alert rule stores nothing
+but its firing alerts. Rules and alerts that need a per-vport metric group the
+exporters do not serve (``vport_metrics`` in config.yml) are left out.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +48,47 @@ VPORT_COUNTERS = (
     "upcalls",
     "upcall_failures",
 )
+# The exporter's metric group (--collector.vport.metrics) of each per-vport counter.
+GROUP_OF_COUNTER = {
+    "receive_packets": "packets",
+    "transmit_packets": "packets",
+    "receive_bytes": "bytes",
+    "transmit_bytes": "bytes",
+    "receive_errors": "errors",
+    "transmit_errors": "errors",
+    "receive_dropped": "dropped",
+    "transmit_dropped": "dropped",
+    "upcalls": "upcalls",
+    "upcall_failures": "upcalls",
+}
+VPORT_METRIC_GROUPS = ("packets", "bytes", "errors", "dropped", "upcalls", "info")
+# Per-port rates recorded for every port (the top-port traffic panels), and those recorded
+# only while above 0 (the top-port trouble panels: most ports never drop or fail).
+DENSE_PORT_RATES = ("receive_packets", "transmit_packets", "receive_bytes", "transmit_bytes")
+SPARSE_PORT_RATES = (
+    "receive_dropped",
+    "transmit_dropped",
+    "receive_errors",
+    "transmit_errors",
+    "upcall_failures",
+)
+# (ratio name, bad counter, all-offered counters): bad / (offered) where offered > 0.
+PORT_RATIOS = (
+    ("receive_drop", "receive_dropped", ("receive_packets", "receive_dropped")),
+    ("transmit_drop", "transmit_dropped", ("transmit_packets", "transmit_dropped")),
+    ("receive_error", "receive_errors", ("receive_packets", "receive_errors")),
+    ("transmit_error", "transmit_errors", ("transmit_packets", "transmit_errors")),
+    # ovs_vport_upcalls_total already counts the failed upcalls.
+    ("upcall_failure", "upcall_failures", ("upcalls",)),
+)
+# Rule groups: dense per-port, sparse per-port ("ports in trouble"), aggregates, alerts.
+GROUP_PORTS = "ovs-vport-exporter.ports"
+GROUP_PORTS_IN_TROUBLE = "ovs-vport-exporter.ports-in-trouble"
+GROUP_AGGREGATES = "ovs-vport-exporter.aggregates"
+GROUP_ALERTS = "ovs-vport-exporter.alerts"
+# OVSDB identity of a port (exporter issue #10): joined on these labels to sum per bridge.
+INTERFACE_INFO = "ovs_interface_info"
+INTERFACE_JOIN = "instance, job, datapath, port"
 # Per-datapath counters (ovs_dp_stats, ovs_dp_megaflow_stats).
 DATAPATH_COUNTERS = (
     "lookup_hits",
@@ -70,6 +121,37 @@ def vport_ratio(kind: str) -> str:
     return f"ovs:vport_{kind}_ratio:rate{WINDOW}"
 
 
+def bridge_rate(counter: str) -> str:
+    """Name of the recorded per-bridge sum of a per-port rate."""
+    return f"ovs:bridge_{counter}:rate{WINDOW}"
+
+
+def raw_rate(counter: str, selector: str = "") -> str:
+    """``rate()`` of an exporter counter over the window, e.g. of ``ovs_vport_upcalls_total``."""
+    return f"rate(ovs_vport_{counter}_total{selector}[{WINDOW}])"
+
+
+def raw_ratio(bad: str, offered: tuple[str, ...], selector: str = "") -> str:
+    """bad / offered from the raw counters, only where something was offered (no 0/0)."""
+    total = " + ".join(raw_rate(counter, selector) for counter in offered)
+    return f"{raw_rate(bad, selector)}\n/\n({total} > 0)"
+
+
+def groups_needed(expr: str) -> set[str]:
+    """The exporter's per-vport metric groups an expression reads."""
+    needed = {
+        GROUP_OF_COUNTER[counter]
+        for counter in re.findall(r"\bovs[_:](?:vport|datapath|bridge)_([a-z_]+?)(?:_total\b|:rate)", expr)
+        if counter in GROUP_OF_COUNTER
+    }
+    for bad, kind, _offered in ((r[1], r[0], r[2]) for r in PORT_RATIOS):
+        if vport_ratio(kind) in expr:
+            needed.add(GROUP_OF_COUNTER[bad])
+    if re.search(r"\bovs_vport_info\b", expr):
+        needed.add("info")
+    return needed
+
+
 @dataclass(frozen=True)
 class AlertSettings:
     """``for:`` duration, severity label and threshold of one alert."""
@@ -93,6 +175,8 @@ class Config:
     datapath_unavailable: AlertSettings
     exporter_down: AlertSettings
     scrape_slow: AlertSettings
+    record_per_port: bool
+    vport_metrics: tuple[str, ...]
 
 
 def _alert_settings(
@@ -126,7 +210,15 @@ def load_config(path: Path = CONFIG_PATH) -> Config:
     job_selector = raw.get("job_selector")
     if not isinstance(job_selector, str) or not job_selector:
         raise ValueError("config: 'job_selector' must be a non-empty string")
+    record_per_port = raw.get("record_per_port", True)
+    if not isinstance(record_per_port, bool):
+        raise ValueError("config: 'record_per_port' must be true or false")
+    vport_metrics = raw.get("vport_metrics", list(VPORT_METRIC_GROUPS))
+    if not isinstance(vport_metrics, list) or set(vport_metrics) - set(VPORT_METRIC_GROUPS):
+        raise ValueError(f"config: 'vport_metrics' must be a list of {', '.join(VPORT_METRIC_GROUPS)}")
     return Config(
+        record_per_port=record_per_port,
+        vport_metrics=tuple(group for group in VPORT_METRIC_GROUPS if group in vport_metrics),
         job_selector=job_selector,
         port_min_packets_per_second=float(raw["port_min_packets_per_second"]),
         drop_ratio=_alert_settings(raw, "drop_ratio", "threshold"),
@@ -148,40 +240,66 @@ def _percent(value: float) -> str:
     return _num(value * 100) + "%"
 
 
-def recording_rules() -> list[dict[str, Any]]:
-    """Per-port rates and ratios, then per-datapath rates and sums."""
+def _served(counter: str, config: Config) -> bool:
+    return GROUP_OF_COUNTER[counter] in config.vport_metrics
+
+
+def port_rules(config: Config) -> list[dict[str, Any]]:
+    """Per-port rates recorded for every port: the overview's top-port traffic panels."""
+    if not config.record_per_port:
+        return []
+    return [
+        {"record": vport_rate(counter), "expr": raw_rate(counter)}
+        for counter in DENSE_PORT_RATES
+        if _served(counter, config)
+    ]
+
+
+def port_trouble_rules(config: Config) -> list[dict[str, Any]]:
+    """Per-port drop, error and failed-upcall rates and ratios, only while above 0."""
+    if not config.record_per_port:
+        return []
+    rules = [
+        {"record": vport_rate(counter), "expr": f"{raw_rate(counter)} > 0"}
+        for counter in SPARSE_PORT_RATES
+        if _served(counter, config)
+    ]
+    # A ratio of what went wrong to everything offered stays within [0, 1]: a port that
+    # drops everything shows 1, not a division by zero. Ports without traffic have none.
+    for kind, bad, offered in PORT_RATIOS:
+        if all(_served(counter, config) for counter in (bad, *offered)):
+            rules.append({"record": vport_ratio(kind), "expr": f"(\n{raw_ratio(bad, offered)}\n) > 0\n"})
+    return rules
+
+
+def aggregate_rules(config: Config) -> list[dict[str, Any]]:
+    """Per-datapath rates (own counters, and sums over ports) and per-bridge sums."""
     rules: list[dict[str, Any]] = []
-    for counter in VPORT_COUNTERS:
-        rules.append({"record": vport_rate(counter), "expr": f"rate(ovs_vport_{counter}_total[{WINDOW}])"})
-    # A ratio of what went wrong to everything offered, so that it stays within
-    # [0, 1] and a port that drops everything shows 1, not a division by zero.
-    # Ports without any traffic have no ratio at all.
-    for direction in ("receive", "transmit"):
-        for bad, kind in (("dropped", "drop"), ("errors", "error")):
-            good_rate = vport_rate(f"{direction}_packets")
-            bad_rate = vport_rate(f"{direction}_{bad}")
-            rules.append(
-                {
-                    "record": vport_ratio(f"{direction}_{kind}"),
-                    "expr": f"{bad_rate}\n/\n({good_rate} + {bad_rate} > 0)\n",
-                }
-            )
-    # ovs_vport_upcalls_total already counts the failed upcalls.
-    rules.append(
-        {
-            "record": vport_ratio("upcall_failure"),
-            "expr": f"{vport_rate('upcall_failures')}\n/\n({vport_rate('upcalls')} > 0)\n",
-        }
-    )
-    for counter in VPORT_COUNTERS:
-        rules.append(
-            {"record": datapath_rate(counter), "expr": f"sum without (port) ({vport_rate(counter)})"}
-        )
+    served = [counter for counter in VPORT_COUNTERS if _served(counter, config)]
+    for counter in served:
+        rules.append({"record": datapath_rate(counter), "expr": f"sum without (port) ({raw_rate(counter)})"})
     for counter in DATAPATH_COUNTERS:
         rules.append(
             {"record": datapath_rate(counter), "expr": f"rate(ovs_datapath_{counter}_total[{WINDOW}])"}
         )
+    # Per bridge, from OVSDB's identity of each port. Without ovs_interface_info the join is
+    # empty and nothing is recorded; max by () keeps one info series per port whatever other
+    # labels (external_ids) it carries.
+    interface = f"max by ({INTERFACE_JOIN}, bridge) ({INTERFACE_INFO})"
+    for counter in served:
+        rules.append(
+            {
+                "record": bridge_rate(counter),
+                "expr": f"sum without (port) (\n{raw_rate(counter)}\n"
+                f"* on ({INTERFACE_JOIN}) group_left (bridge)\n{interface}\n)\n",
+            }
+        )
     return rules
+
+
+def recording_rules(config: Config) -> list[dict[str, Any]]:
+    """Every recording rule, in file order."""
+    return port_rules(config) + port_trouble_rules(config) + aggregate_rules(config)
 
 
 # Alertmanager template pieces used in annotations.
@@ -207,7 +325,7 @@ def _port_ratio_alert(
     """Drop or error ratio of one direction, guarded by a minimum of offered packets."""
     bad = {"drop": "dropped", "error": "errors"}[kind]
     outcome = {"drop": "were dropped", "error": "had errors"}[kind]
-    offered = f"({vport_rate(f'{direction}_packets')} + {vport_rate(f'{direction}_{bad}')})"
+    offered = (f"{direction}_packets", f"{direction}_{bad}")
     noun, verb = (
         ("received packets", "received")
         if direction == "receive"
@@ -215,8 +333,8 @@ def _port_ratio_alert(
     )
     return _alert(
         name,
-        f"{vport_ratio(f'{direction}_{kind}')} > {_num(settings.threshold)}\n"
-        f"and\n{offered} >= {_num(min_pps)}\n",
+        f"(\n{raw_ratio(f'{direction}_{bad}', offered)}\n) > {_num(settings.threshold)}\n"
+        f"and\n{' + '.join(raw_rate(counter) for counter in offered)} >= {_num(min_pps)}\n",
         settings,
         f"OVS port {PORT} on datapath {DATAPATH} ({INSTANCE}): {PERCENT} of {noun} {outcome}.",
         f"On {INSTANCE}, {PERCENT} of the packets that OVS port {PORT} of datapath {DATAPATH} {verb} "
@@ -226,6 +344,12 @@ def _port_ratio_alert(
 
 
 def alerting_rules(config: Config) -> list[dict[str, Any]]:
+    """Every alert whose metric groups the exporters serve, in the order the docs list them."""
+    served = set(config.vport_metrics)
+    return [rule for rule in all_alerting_rules(config) if groups_needed(rule["expr"]) <= served]
+
+
+def all_alerting_rules(config: Config) -> list[dict[str, Any]]:
     """Every alert, in the order the docs list them."""
     min_pps = config.port_min_packets_per_second
     upcall = config.upcall_failure_ratio
@@ -242,8 +366,8 @@ def alerting_rules(config: Config) -> list[dict[str, Any]]:
         _port_ratio_alert("OvsVportTransmitErrorsHigh", "transmit", "error", config.error_ratio, min_pps),
         _alert(
             "OvsVportUpcallFailuresHigh",
-            f"{vport_ratio('upcall_failure')} > {_num(upcall.threshold)}\n"
-            f"and\n{vport_rate('upcalls')} >= {_num(upcall.min_rate)}\n",
+            f"(\n{raw_ratio('upcall_failures', ('upcalls',))}\n) > {_num(upcall.threshold)}\n"
+            f"and\n{raw_rate('upcalls')} >= {_num(upcall.min_rate)}\n",
             upcall,
             f"OVS port {PORT} on datapath {DATAPATH} ({INSTANCE}) fails {PERCENT} of its upcalls.",
             f"On {INSTANCE}, OVS port {PORT} of datapath {DATAPATH} could not queue {PERCENT} of its upcalls "
@@ -303,12 +427,14 @@ _Dumper.add_representer(str, _str_representer)
 
 def render(config: Config) -> str:
     """The complete rules file as text."""
-    document = {
-        "groups": [
-            {"name": "ovs-vport-exporter.recording", "rules": recording_rules()},
-            {"name": "ovs-vport-exporter.alerts", "rules": alerting_rules(config)},
-        ]
-    }
+    groups = [
+        (GROUP_PORTS, port_rules(config)),
+        (GROUP_PORTS_IN_TROUBLE, port_trouble_rules(config)),
+        (GROUP_AGGREGATES, aggregate_rules(config)),
+        (GROUP_ALERTS, alerting_rules(config)),
+    ]
+    # Prometheus refuses a group without rules.
+    document = {"groups": [{"name": name, "rules": rules} for name, rules in groups if rules]}
     body = yaml.dump(document, Dumper=_Dumper, sort_keys=False, width=1000, allow_unicode=True)
     return HEADER + body
 

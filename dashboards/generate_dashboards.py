@@ -7,18 +7,24 @@ script after changing it or ``alerts/config.yml`` (``--check`` only reports
 whether the committed files are current).
 
 The overview reads the recording rules of ``alerts/ovs-vport-exporter.rules.yml``
-(``ovs:*`` series), so it stays cheap with thousands of ports; the per-port
-dashboard reads the raw counters of one port at full resolution.
+(``ovs:*`` series), so it stays cheap with thousands of ports; with
+``record_per_port: false`` in ``alerts/config.yml`` its top-port panels compute
+the same rates from the raw counters instead. The per-port dashboard reads the
+raw counters of one port at full resolution. Every panel that reads a per-vport
+metric group of the exporter (``--collector.vport.metrics``) names it in its
+description and in the text it shows without data.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 import yaml
 from grafana_foundation_sdk.builders import dashboard as dash
@@ -53,7 +59,24 @@ TAGS = ["ovs-vport-exporter"]
 TOP_N = 10
 
 DATASOURCE = DataSourceRef(type_val="prometheus", uid="${datasource}")
-NO_UPCALL_STATS = "no upcall stats (kernel < 6.2)"
+NO_UPCALL_STATS = "no upcall stats (kernel < 6.2, or metric group upcalls off)"
+# The top-port trouble panels read rates recorded only while above 0.
+NO_FAILED_UPCALLS = "no port failed upcalls (none reported before kernel 6.2; needs metric group upcalls)"
+
+
+def _load_rules_generator() -> ModuleType:
+    """alerts/generate_rules.py: the recording rules' names and expressions, and which
+    metric groups an expression reads, come from there (a script, not a package)."""
+    path = HERE.parent / "alerts" / "generate_rules.py"
+    spec = importlib.util.spec_from_file_location("ovs_generate_rules", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up while it runs
+    spec.loader.exec_module(module)
+    return module
+
+
+rules = _load_rules_generator()
 
 # Link from any per-port series to the drill-down, keeping time range and data source.
 PORT_LINK_URL = (
@@ -71,6 +94,7 @@ class Thresholds:
     error_ratio: float
     upcall_failure_ratio: float
     scrape_seconds: float
+    record_per_port: bool = True
 
 
 def load_thresholds(path: Path = CONFIG_PATH) -> Thresholds:
@@ -83,7 +107,35 @@ def load_thresholds(path: Path = CONFIG_PATH) -> Thresholds:
         error_ratio=float(raw["error_ratio"]["threshold"]),
         upcall_failure_ratio=float(raw["upcall_failure_ratio"]["threshold"]),
         scrape_seconds=float(raw["scrape_slow"]["threshold_seconds"]),
+        record_per_port=bool(raw.get("record_per_port", True)),
     )
+
+
+def needs(queries: Sequence[Query]) -> list[str]:
+    """The exporter's per-vport metric groups the queries read, in the exporter's order."""
+    found = set().union(*(rules.groups_needed(query.expr) for query in queries))
+    return [group for group in rules.VPORT_METRIC_GROUPS if group in found]
+
+
+def _needs_text(groups: Sequence[str]) -> str:
+    plural = "s" if len(groups) > 1 else ""
+    return f"metric group{plural} {', '.join(groups)}"
+
+
+def with_needs(description: str, queries: Sequence[Query]) -> str:
+    """The description, plus which per-vport metric groups the panel needs."""
+    groups = needs(queries)
+    if not groups:
+        return description
+    return f"{description} Needs the exporter's {_needs_text(groups)} (--collector.vport.metrics)."
+
+
+def no_data_text(queries: Sequence[Query], no_value: str | None) -> str | None:
+    """What a panel shows without data: ``no_value``, or the metric groups it needs."""
+    groups = needs(queries)
+    if no_value is not None or not groups:
+        return no_value
+    return f"no data (needs {_needs_text(groups)})"
 
 
 class PanelIds:
@@ -140,11 +192,12 @@ def graph(
     no_value: str | None = None,
 ) -> timeseries.Panel:
     """A time series panel; ``limit`` draws the alert threshold as a red line."""
+    no_value = no_data_text(queries, no_value)
     panel = (
         timeseries.Panel()
         .id(ids())
         .title(title)
-        .description(description)
+        .description(with_needs(description, queries))
         .datasource(DATASOURCE)
         .unit(unit)
         .min(0)
@@ -188,7 +241,7 @@ def big_number(
         stat.Panel()
         .id(ids())
         .title(title)
-        .description(description)
+        .description(with_needs(description, queries))
         .datasource(DATASOURCE)
         .unit(unit)
         .span(width)
@@ -243,6 +296,20 @@ def _base(uid: str, title: str, description: str) -> dash.Dashboard:
     )
 
 
+def _raw_port_series(recorded: str, selector: str) -> str:
+    """What a per-port recording rule records, computed from the raw counters at query time."""
+    for counter in rules.DENSE_PORT_RATES:
+        if recorded == rules.vport_rate(counter):
+            return str(rules.raw_rate(counter, selector))
+    for counter in rules.SPARSE_PORT_RATES:
+        if recorded == rules.vport_rate(counter):
+            return f"{rules.raw_rate(counter, selector)} > 0"
+    for kind, bad, offered in rules.PORT_RATIOS:
+        if recorded == rules.vport_ratio(kind):
+            return f"({rules.raw_ratio(bad, offered, selector)}) > 0"
+    raise KeyError(f"no per-port recording rule {recorded}")
+
+
 def overview(limits: Thresholds) -> dash.Dashboard:
     """Every selected host and datapath; per-port panels show the top ports."""
     ids = PanelIds()
@@ -254,7 +321,9 @@ def overview(limits: Thresholds) -> dash.Dashboard:
     who = "{{instance}} {{datapath}} {{port}}"
 
     def top(metric: str) -> str:
-        return f"topk({TOP_N}, {metric}{{{port}}})"
+        if limits.record_per_port:
+            return f"topk({TOP_N}, {metric}{{{port}}})"
+        return f"topk({TOP_N}, {_raw_port_series(metric, '{' + port + '}')})"
 
     board = (
         _base(
@@ -474,7 +543,7 @@ def overview(limits: Thresholds) -> dash.Dashboard:
                 ("ovs:vport_transmit_dropped:rate5m", "transmit"),
             ],
             None,
-            None,
+            "no port dropped packets (needs metric group dropped)",
         ),
         (
             "Drop ratio",
@@ -484,7 +553,7 @@ def overview(limits: Thresholds) -> dash.Dashboard:
                 ("ovs:vport_transmit_drop_ratio:rate5m", "transmit"),
             ],
             limits.drop_ratio,
-            None,
+            "no port dropped packets (needs metric groups packets, dropped)",
         ),
         (
             "Packets with errors",
@@ -494,7 +563,7 @@ def overview(limits: Thresholds) -> dash.Dashboard:
                 ("ovs:vport_transmit_errors:rate5m", "transmit"),
             ],
             None,
-            None,
+            "no port had errors (needs metric group errors)",
         ),
         (
             "Error ratio",
@@ -504,21 +573,21 @@ def overview(limits: Thresholds) -> dash.Dashboard:
                 ("ovs:vport_transmit_error_ratio:rate5m", "transmit"),
             ],
             limits.error_ratio,
-            None,
+            "no port had errors (needs metric groups packets, errors)",
         ),
         (
             "Failed upcalls",
             "pps",
             [("ovs:vport_upcall_failures:rate5m", "failed")],
             None,
-            NO_UPCALL_STATS,
+            NO_FAILED_UPCALLS,
         ),
         (
             "Upcall failure ratio",
             "percentunit",
             [("ovs:vport_upcall_failure_ratio:rate5m", "failed")],
             limits.upcall_failure_ratio,
-            NO_UPCALL_STATS,
+            NO_FAILED_UPCALLS,
         ),
     ):
         ratio = unit == "percentunit"
@@ -534,7 +603,7 @@ def overview(limits: Thresholds) -> dash.Dashboard:
                     if ratio
                     else "Per second, over 5 minutes."
                 )
-                + f" The {TOP_N} highest ports of each direction.",
+                + f" The {TOP_N} highest ports of each direction, among those where it is above 0.",
                 limit=limit,
                 port_links=True,
                 no_value=no_value,
@@ -576,16 +645,18 @@ def port_detail(limits: Thresholds) -> dash.Dashboard:
     )
 
     board = board.with_row(dash.Row("Port $port on $datapath ($instance)").id(ids()))
+    info = [Query(f"ovs_vport_info{{{sel}}}", "")]
     board = board.with_panel(
         table.Panel()
         .id(ids())
         .title("Vport")
-        .description("Static attributes of the port (ovs_vport_info).")
+        .description(with_needs("Static attributes of the port (ovs_vport_info).", info))
+        .no_value(str(no_data_text(info, None)))
         .datasource(DATASOURCE)
         .unit("none")
         .span(24)
         .height(4)
-        .targets(_targets([Query(f"ovs_vport_info{{{sel}}}", "")], instant=True))
+        .targets(_targets(info, instant=True))
         .with_transformation(
             DataTransformerConfig(
                 id_val="organize",

@@ -6,7 +6,10 @@ the documentation can show what the dashboards show on real data without a
 Grafana server. Input is a JSON file mapping names from
 ``tests/promql_inventory.py`` to ``{"expr": ..., "result": ...}``, where
 ``result`` is the ``data.result`` of a Prometheus ``query_range`` (a matrix) or
-``query`` (a vector). Output is one PNG per dashboard, ``<uid>.png``.
+``query`` (a vector), and optionally ``"_variables"``: the Grafana variables the
+queries ran with (the VM suite writes them), used in titles. Output is one PNG
+per dashboard, ``<uid>.png``. No panel's drawing may reach into another's cell:
+``overlaps`` finds any that do, and the tests fail on them.
 
     python docs/render_dashboards.py RESULTS.json [--out docs/img] \
         [--var ovs-port/port=vm1 ...]
@@ -155,12 +158,15 @@ def _no_data(ax: Axes, panel: dict[str, Any]) -> None:
 def _time_axis(ax: Axes, start: float, end: float) -> None:
     """Ticks at round clock times (UTC), at most about eight of them."""
     span = max(end - start, 1.0)
-    step = next((s for s in (60, 300, 600, 900, 1800, 3600, 7200, 21600, 43200) if span / s <= 8), 86400)
+    steps = (10, 15, 30, 60, 300, 600, 900, 1800, 3600, 7200, 21600, 43200)
+    step = next((s for s in steps if span / s <= 8), 86400)
     first = math.ceil(start / step) * step
     ax.set_xticks([first + i * step for i in range(int((end - first) // step) + 1)])
     ax.set_xlim(start, end)
+    # Seconds only for a range of a few minutes (a short test run).
+    clock = "%H:%M:%S" if step < 60 else "%H:%M"
     ax.xaxis.set_major_formatter(
-        FuncFormatter(lambda v, _pos: datetime.fromtimestamp(v, tz=UTC).strftime("%H:%M"))
+        FuncFormatter(lambda v, _pos: datetime.fromtimestamp(v, tz=UTC).strftime(clock))
     )
 
 
@@ -226,6 +232,10 @@ def draw_stat(ax: Axes, panel: dict[str, Any], series: Sequence[Series]) -> None
         )
 
 
+# Height of one table row, header included, in inches (8-point text with padding).
+TABLE_ROW_INCHES = 0.22
+
+
 def draw_table(ax: Axes, panel: dict[str, Any], series: Sequence[Series]) -> None:
     ax.set_axis_off()
     if not series:
@@ -237,7 +247,15 @@ def draw_table(ax: Axes, panel: dict[str, Any], series: Sequence[Series]) -> Non
             hidden |= {k for k, v in transformation.get("options", {}).get("excludeByName", {}).items() if v}
     columns = sorted({k for s in series for k in s.labels} - hidden)
     rows = [[s.labels.get(column, "") for column in columns] for s in series]
-    cells = ax.table(cellText=rows, colLabels=columns, loc="upper center", cellLoc="left")
+    # As many rows as the panel's cell holds, and a last one saying how many more there are:
+    # a table left to grow would draw over the panels below it.
+    inches = ax.get_position().height * ax.get_figure().get_figheight()  # type: ignore[union-attr]
+    fits = max(1, int(inches / TABLE_ROW_INCHES) - 1)
+    if len(rows) > fits:
+        more = len(rows) - fits + 1
+        rows = [*rows[: fits - 1], [f"(+{more} more rows)"] + [""] * (len(columns) - 1)]
+    height = min(1.0, (len(rows) + 1) * TABLE_ROW_INCHES / inches)
+    cells = ax.table(cellText=rows, colLabels=columns, cellLoc="left", bbox=(0.0, 1.0 - height, 1.0, height))
     cells.auto_set_font_size(False)
     cells.set_fontsize(8)
 
@@ -283,14 +301,16 @@ def render_dashboard(board: dict[str, Any], results: dict[str, Any], variables: 
                 fontsize=12,
                 weight="bold",
                 va="center",
+                gid=f"row {panel['id']} {panel.get('title', '')!r}",
             )
             continue
         # Leave room inside the cell for the title, tick labels and the gaps between panels.
-        left = (grid["x"] + 0.9) / 24
-        width = (grid["w"] - 1.2) / 24
+        left = (grid["x"] + 1.1) / 24
+        width = (grid["w"] - 1.4) / 24
         bottom = 1 - (header_units + grid["y"] + grid["h"] - 0.8) / total_units
         height = (grid["h"] - 2.0) / total_units
         ax = fig.add_axes((left, bottom, width, height))
+        ax.set_gid(f"panel {panel['id']} {panel.get('title', '')!r}")
         unit_label = UNITS.get(_unit(panel), UNITS["short"])[1]
         title = _titled(panel.get("title", ""), uid, variables) + (f"  [{unit_label}]" if unit_label else "")
         ax.set_title(title, fontsize=9, loc="left")
@@ -302,6 +322,27 @@ def render_dashboard(board: dict[str, Any], results: dict[str, Any], variables: 
         else:
             draw_timeseries(ax, panel, series)
     return fig
+
+
+def overlaps(fig: Figure) -> list[str]:
+    """Pairs of panels (or row titles) whose drawings overlap, and any drawn off the figure.
+
+    Each panel's extent is all it draws: title, axes, tick labels, legend, table cells.
+    """
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()  # type: ignore[attr-defined]
+    extents = [(ax.get_gid(), ax.get_tightbbox(renderer)) for ax in fig.axes if ax.get_gid()]
+    extents += [(text.get_gid(), text.get_window_extent(renderer)) for text in fig.texts if text.get_gid()]
+    found = []
+    for index, (name, box) in enumerate(extents):
+        if box.x0 < 0 or box.y0 < 0 or box.x1 > fig.bbox.x1 or box.y1 > fig.bbox.y1:
+            found.append(f"{name} reaches off the figure")
+        for other, other_box in extents[index + 1 :]:
+            width = min(box.x1, other_box.x1) - max(box.x0, other_box.x0)
+            height = min(box.y1, other_box.y1) - max(box.y0, other_box.y0)
+            if width > 1 and height > 1:  # more than a pixel each way
+                found.append(f"{name} overlaps {other}")
+    return found
 
 
 def render_all(
@@ -317,9 +358,15 @@ def render_all(
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
+    # The VM suite stores the variables its queries ran with beside the results.
+    variables = {**results.get("_variables", {}), **(variables or {})}
     for path in sorted(dashboard_dir.glob("*.json")):
         board = json.loads(path.read_text(encoding="utf-8"))
-        fig = render_dashboard(board, results, variables or {})
+        fig = render_dashboard(board, results, variables)
+        found = overlaps(fig)
+        if found:
+            plt.close(fig)
+            raise ValueError(f"{path.name}: panels overlap in the rendering: {'; '.join(found)}")
         target = out_dir / f"{board['uid']}.png"
         fig.savefig(target, dpi=DPI)
         plt.close(fig)

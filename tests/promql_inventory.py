@@ -14,7 +14,10 @@ A runner that checks every expression returns data against a real Prometheus
 should know two things, which ``is_condition`` and ``needs_upcall_stats`` tell:
 alert conditions return data only while the alert's condition holds, and
 expressions over the per-port upcall counters return nothing on kernels older
-than 6.2, which do not report them. Recording-rule series (``ovs:*``) exist only
+than 6.2, which do not report them. Two more, which ``only_with_trouble`` and
+``needs_ovsdb`` tell: the per-port drop, error and failed-upcall series are
+recorded only for ports where they are above 0, and the per-bridge sums need
+OVSDB's ``ovs_interface_info``. Recording-rule series (``ovs:*``) exist only
 when Prometheus loaded the rules file and has evaluated it at least once.
 """
 
@@ -135,6 +138,26 @@ def all_exprs(variables: dict[str, str]) -> list[tuple[str, str]]:
     if duplicates:
         raise ValueError(f"duplicate inventory names: {duplicates}")
     return exprs
+
+
+# The rule group of per-port series recorded only while above 0 (alerts/generate_rules.py).
+TROUBLE_GROUP = "ovs-vport-exporter.ports-in-trouble"
+
+
+def only_with_trouble(name: str, expr: str) -> bool:
+    """True for a series recorded only for ports in trouble, and for queries reading one:
+    empty while no port drops, errs or fails upcalls."""
+    recorded = {
+        rule["record"] for group in rule_groups() if group["name"] == TROUBLE_GROUP for rule in group["rules"]
+    }
+    return name.removeprefix("record/") in recorded or any(
+        re.search(rf"{re.escape(series)}\b", expr) for series in recorded
+    )
+
+
+def needs_ovsdb(expr: str) -> bool:
+    """True when ``expr`` reads OVSDB's identity of the ports (the per-bridge sums)."""
+    return "ovs_interface_info" in expr or "ovs:bridge_" in expr
 
 
 def is_condition(name: str) -> bool:

@@ -131,6 +131,10 @@ def synthetic_families(seed: int = 4) -> dict[str, Family]:
         add("ovs_vport_upcall_failures", "counter", key, counter([u * upcall_fail for u in upcalls]))
         info = _labels(**labels, port_no=str(index + 1), vport_type=vport_type, ifindex=str(10 + index))
         add("ovs_vport_info", "gauge", info, [1.0] * steps)
+        # OVSDB's identity of the port (the ovsdb collector), for the per-bridge sums.
+        bridge = "br-ex" if vport_type == "vxlan" else "br-int"
+        identity = _labels(**labels, bridge=bridge, iface_id=f"{port}-iface")
+        add("ovs_interface_info", "gauge", identity, [1.0] * steps)
 
     for instance, datapath, vports, pps in (
         ("host1:9310", "dp0", 5, 2150.0),
@@ -205,10 +209,12 @@ def _free_port() -> int:
 
 
 @contextmanager
-def prometheus_server(prometheus: Path, data: Path, workdir: Path) -> Iterator[str]:
-    """Run prometheus on ``data`` (no scrapes, no rules) until the block exits; yields its URL."""
+def prometheus_server(
+    prometheus: Path, data: Path, workdir: Path, config_text: str = "global:\n  evaluation_interval: 1m\n"
+) -> Iterator[str]:
+    """Run prometheus on ``data`` (by default no scrapes, no rules) until the block exits; yields its URL."""
     config = workdir / "prometheus.yml"
-    config.write_text("global:\n  evaluation_interval: 1m\n", encoding="utf-8")
+    config.write_text(config_text, encoding="utf-8")
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     log = (workdir / "prometheus.log").open("ab")
@@ -256,8 +262,8 @@ def build_tsdb(promtool: Path, prometheus: Path, workdir: Path, end: float) -> P
         check=True,
         capture_output=True,
     )
-    # Rules of a group cannot see each other's backfilled output, and the
-    # ratios and per-datapath sums read per-port rates: backfill per level.
+    # Rules of a group cannot see each other's backfilled output: a rule that reads
+    # recorded series (none does today) is backfilled after those.
     document = _load_rules()
     recording = [rule for group in document["groups"] for rule in group["rules"] if "record" in rule]
     levels = [
@@ -266,6 +272,8 @@ def build_tsdb(promtool: Path, prometheus: Path, workdir: Path, end: float) -> P
     ]
     start = end - SPAN
     for level, rules in enumerate(levels):
+        if not rules:
+            continue
         rules_file = workdir / f"level{level}.rules.yml"
         rules_file.write_text(
             json.dumps({"groups": [{"name": f"level{level}", "rules": rules}]}), encoding="utf-8"

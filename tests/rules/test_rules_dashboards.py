@@ -132,3 +132,23 @@ def test_threshold_lines_are_the_alert_thresholds() -> None:
                 assert steps == [expected[panel["title"]]], panel["title"]
                 seen += 1
     assert seen >= len(expected)
+
+
+def test_panels_name_the_metric_groups_they_need(rules_generator: ModuleType) -> None:
+    checked = 0
+    for board in _boards():
+        for panel in _panels(board):
+            if panel["type"] == "row":
+                continue
+            groups = set().union(*(rules_generator.groups_needed(t["expr"]) for t in panel["targets"]))
+            where = f"{board['uid']} {panel['title']!r}"
+            if not groups:
+                assert "metric group" not in panel["description"], where
+                continue
+            checked += 1
+            assert "--collector.vport.metrics" in panel["description"], where
+            no_value = panel["fieldConfig"]["defaults"]["noValue"]
+            for group in groups:
+                assert re.search(rf"\b{group}\b", panel["description"].rsplit("Needs", 1)[-1]), where
+                assert re.search(rf"\b{group}\b", no_value), where
+    assert checked > 20
