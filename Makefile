@@ -74,9 +74,10 @@ demo: setup
 	bash tests/vm/setup.sh
 	$(BIN)/python -m tests.vm demo
 
-## The scrape benchmark against its baseline (docs/performance.md), and the same in the VM.
+## The scrape and load benchmarks against their baseline (docs/performance.md); the scrape one in the VM.
 bench: setup
 	$(BIN)/python -m benchmarks.scrape
+	$(BIN)/python -m benchmarks.load
 
 bench-vm: setup
 	bash tests/vm/setup.sh

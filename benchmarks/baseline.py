@@ -8,9 +8,12 @@ HTTP server (``start_http_server``) serves them: it negotiates the format
 ``prometheus_client.openmetrics.exposition.generate_latest``) and gzips the body
 with ``gzip.compress`` at its default level, as prometheus_client does.
 The registry also carries the process, platform and GC collectors, like the exporter's.
+The kernel reads of concurrent scrapes take turns on the one socket (``LockedSource``).
 """
 
 from __future__ import annotations
+
+import threading
 
 from prometheus_client import (
     CollectorRegistry,
@@ -21,7 +24,20 @@ from prometheus_client import (
 )
 
 from benchmarks.dataset import Dataset, PrebuiltKernelSocket
-from tests.reference_pyroute2 import ReferenceCollector, ReferenceSource
+from tests.reference_pyroute2 import ReferenceCollector, ReferenceDump, ReferenceSource
+
+
+class LockedSource(ReferenceSource):
+    """One kernel socket shared by every request thread, as such an exporter has: reads take
+    turns (without it, concurrent scrapes would read each other's replies)."""
+
+    def __init__(self, sock: PrebuiltKernelSocket) -> None:
+        super().__init__(sock)
+        self._lock = threading.Lock()
+
+    def collect(self) -> list[ReferenceDump]:
+        with self._lock:
+            return super().collect()
 
 
 def serve(dataset: Dataset) -> int:
@@ -30,6 +46,6 @@ def serve(dataset: Dataset) -> int:
     ProcessCollector(registry=registry)
     PlatformCollector(registry=registry)
     GCCollector(registry=registry)
-    registry.register(ReferenceCollector(ReferenceSource(PrebuiltKernelSocket(dataset))))
+    registry.register(ReferenceCollector(LockedSource(PrebuiltKernelSocket(dataset))))
     server, _thread = start_http_server(0, addr="127.0.0.1", registry=registry)
     return int(server.server_port)

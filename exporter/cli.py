@@ -29,7 +29,7 @@ from exporter.config import (
 from exporter.identity import DEFAULT_EXTERNAL_IDS, IdentitySource
 from exporter.namespaces import NamespaceSources
 from exporter.source import KernelSource, NetlinkKernelSocket
-from exporter.web import MetricsServer
+from exporter.web import HttpMetrics, MetricsServer
 
 PROG = "ovs-vport-exporter"
 EXIT_CONFIG = 2
@@ -48,6 +48,8 @@ _FLAG_OF_KEY = {
     "web.listen_address": "--web.listen-address",
     "web.telemetry_path": "--web.telemetry-path",
     "netlink.timeout_seconds": "--netlink.timeout",
+    "web.max_requests": "--web.max-requests",
+    "web.max_connections": "--web.max-connections",
     "netns.names": "--collector.netns",
     "collector.vport_metrics": "--collector.vport.metrics",
     "ovsdb.socket": "--collector.ovsdb.socket",
@@ -92,6 +94,20 @@ def _parser() -> argparse.ArgumentParser:
         dest="telemetry_path",
         metavar="PATH",
         help="Path under which to expose metrics (default /metrics).",
+    )
+    p.add_argument(
+        "--web.max-requests",
+        dest="max_requests",
+        type=int,
+        metavar="N",
+        help="Most scrapes waiting for or making a body at once; past it, 503 (default 40, 0: no limit).",
+    )
+    p.add_argument(
+        "--web.max-connections",
+        dest="max_connections",
+        type=int,
+        metavar="N",
+        help="Most open HTTP connections; past it an idle or stalled one is closed (default 256, 0: none).",
     )
     p.add_argument(
         "--log.level",
@@ -235,6 +251,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             config.ovsdb_external_ids,
             lambda datapath, port: filters.datapath.allows(datapath) and filters.port.allows(port),
         )
+    http_metrics = HttpMetrics()
     collector = Collector(
         source,
         config.filters,
@@ -242,10 +259,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         namespaces=namespaces,
         vport_metrics=config.vport_metrics,
         snapshot_sources=[identity] if identity is not None else [],
+        extra=(http_metrics.render,),
     )
     host, port = config.listen_host_port
     try:
-        server = MetricsServer(host, port, config.telemetry_path, collector, __version__, web_config)
+        server = MetricsServer(
+            host,
+            port,
+            config.telemetry_path,
+            collector,
+            __version__,
+            web_config,
+            max_requests=config.max_requests,
+            max_connections=config.max_connections,
+            metrics=http_metrics,
+        )
     except OSError as err:
         log.error("cannot listen on %s: %s", config.listen_address, err.strerror or err)
         return 1

@@ -99,8 +99,10 @@ class Collector:
         namespaces: NamespaceSources | None = None,
         vport_metrics: Collection[str] = VPORT_METRIC_GROUPS,
         snapshot_sources: Sequence[SnapshotSource] = (),
+        extra: Sequence[Callable[[Format], list[str]]] = (),
     ) -> None:
         self._source = source
+        self._extra = extra  # more of the exporter's own families (the HTTP side's)
         # The per-vport families to serve (--collector.vport.metrics), chosen once.
         self._counters = vport_counters(vport_metrics)
         self._vport_info = "info" in vport_metrics
@@ -183,6 +185,8 @@ class Collector:
                 "ovs_exporter_build", "The exporter's version (value 1).", {"version": self._version}, fmt
             )
         )
+        for render in self._extra:
+            chunks.extend(render(fmt))
         if fmt is Format.OPENMETRICS:
             # The runtime registry's output ends with the one "# EOF" a body may have.
             chunks.append(generate_openmetrics(self._runtime).decode("utf-8"))  # type: ignore[no-untyped-call]

@@ -72,6 +72,8 @@ class Config:
     ovsdb_enabled: bool = False  # read identity (bridge, VM, pod) from OVSDB as well
     ovsdb_socket: str = "unix:/run/openvswitch/db.sock"
     ovsdb_external_ids: tuple[str, ...] = DEFAULT_EXTERNAL_IDS  # keys that become labels
+    max_requests: int = 40  # scrapes waiting for or making a body; 0: no limit (node_exporter's default)
+    max_connections: int = 256  # open HTTP connections, one thread each; 0: no limit
 
     @property
     def listen_host_port(self) -> tuple[str, int]:
@@ -81,7 +83,7 @@ class Config:
 # The file's schema: key -> (type, allowed sub-keys). Kept as data so the error
 # for an unknown key can list the known ones.
 _FILE_KEYS: dict[str, tuple[str, ...]] = {
-    "web": ("listen_address", "telemetry_path"),
+    "web": ("listen_address", "telemetry_path", "max_requests", "max_connections"),
     "log": ("level", "format"),
     "netlink": ("timeout_seconds",),
     "filters": FILTER_SUBJECTS,
@@ -201,10 +203,16 @@ def load_file(path: Path) -> dict[str, Any]:
 
     web = mapping(top.get("web"), "web")
     check_keys(web, _FILE_KEYS["web"], "web")
-    for key in _FILE_KEYS["web"]:
+    for key in ("listen_address", "telemetry_path"):
         value = _string(web, key, "web")
         if value is not None:
             settings[key] = value
+    for key in ("max_requests", "max_connections"):
+        limit = web.get(key)
+        if limit is not None:
+            if isinstance(limit, bool) or not isinstance(limit, int):
+                raise ConfigError(f"web.{key}: must be a whole number, got {_type_name(limit)}")
+            settings[key] = limit
 
     log = mapping(top.get("log"), "log")
     check_keys(log, _FILE_KEYS["log"], "log")
@@ -284,6 +292,10 @@ def build(file_settings: Mapping[str, Any], flag_settings: Mapping[str, Any]) ->
         raise ConfigError(
             f"netlink.timeout_seconds: must be above 0 and at most 60, got {config.netlink_timeout}"
         )
+
+    for key in ("max_requests", "max_connections"):
+        if getattr(config, key) < 0:
+            raise ConfigError(f"web.{key}: must be 0 (no limit) or more, got {getattr(config, key)}")
 
     for name in config.netns_names:
         if not name or "/" in name or name in (".", "..") or "\0" in name:

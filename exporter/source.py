@@ -21,7 +21,7 @@ import socket
 from collections.abc import Callable
 from typing import Protocol, TypeVar
 
-from exporter import wire
+from exporter import deadline, wire
 from exporter.model import DatapathDump
 
 T = TypeVar("T")
@@ -64,6 +64,7 @@ class NetlinkKernelSocket:
 
     def __init__(self, timeout: float) -> None:
         self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_GENERIC)
+        self._timeout = timeout
         self._seq = itertools.count(1)
         try:
             self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _SOCKET_RCVBUF)
@@ -88,7 +89,7 @@ class NetlinkKernelSocket:
         request.encode()
         self._sock.send(request.data)
         while True:
-            buf = self._sock.recv(_RECV_BUFSIZE)
+            buf = self.recv()
             for message in wire.iter_messages(buf):
                 if message.seq != seq:
                     continue  # a late reply to an earlier request
@@ -110,6 +111,9 @@ class NetlinkKernelSocket:
         self._sock.send(data)
 
     def recv(self) -> bytes:
+        # --netlink.timeout bounds each wait; a scrape's deadline (exporter.deadline) can only
+        # shorten it.
+        self._sock.settimeout(deadline.remaining(self._timeout))
         return self._sock.recv(_RECV_BUFSIZE)
 
     def close(self) -> None:
@@ -182,6 +186,7 @@ class KernelSource:
         sock.send(wire.encode_get_dump(family, version, seq, dp_ifindex))
         records: list[T] = []
         while True:
+            deadline.check()  # any socket, the fake ones of the tests too
             buf = sock.recv()
             if not buf:
                 raise wire.DecodeError("netlink socket returned an empty datagram")
