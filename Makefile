@@ -74,10 +74,12 @@ demo: setup
 	bash tests/vm/setup.sh
 	$(BIN)/python -m tests.vm demo
 
-## The scrape and load benchmarks against their baseline (docs/performance.md); the scrape one in the VM.
+## The scrape and load benchmarks against their baseline (docs/performance.md); the scrape one in the VM;
+## then a scrape with and without the port event listener, side by side.
 bench: setup
 	$(BIN)/python -m benchmarks.scrape
 	$(BIN)/python -m benchmarks.load
+	$(BIN)/python -m benchmarks.events
 
 bench-vm: setup
 	bash tests/vm/setup.sh

@@ -177,6 +177,8 @@ class Config:
     scrape_slow: AlertSettings
     record_per_port: bool
     vport_metrics: tuple[str, ...]
+    no_upcall_handlers: AlertSettings
+    port_churn: AlertSettings
 
 
 def _alert_settings(
@@ -228,6 +230,8 @@ def load_config(path: Path = CONFIG_PATH) -> Config:
         datapath_unavailable=_alert_settings(raw, "datapath_unavailable", None),
         exporter_down=_alert_settings(raw, "exporter_down", None),
         scrape_slow=_alert_settings(raw, "scrape_slow", "threshold_seconds"),
+        no_upcall_handlers=_alert_settings(raw, "no_upcall_handlers", None),
+        port_churn=_alert_settings(raw, "port_churn", "threshold_per_minute"),
     )
 
 
@@ -357,6 +361,8 @@ def all_alerting_rules(config: Config) -> list[dict[str, Any]]:
     unavailable = config.datapath_unavailable
     down = config.exporter_down
     slow = config.scrape_slow
+    handlers = config.no_upcall_handlers
+    churn = config.port_churn
     lost_rate = '{{ printf "%.2f" $value }}'
     duration = "{{ $value | humanizeDuration }}"
     return [
@@ -409,6 +415,28 @@ def all_alerting_rules(config: Config) -> list[dict[str, Any]]:
             f"The OVS vport exporter on {INSTANCE} spent {duration} per scrape on average over the last "
             f"{WINDOW} (threshold {_num(slow.threshold)}s). Scrapes that reach Prometheus' scrape_timeout "
             "fail and leave gaps: filter ports out or raise the timeout.",
+        ),
+        _alert(
+            "OvsDatapathNoUpcallHandlers",
+            "ovs_datapath_upcall_handlers == 0\n",
+            handlers,
+            f"OVS datapath {DATAPATH} on {INSTANCE} has no upcall handler: every flow miss is lost.",
+            f"Datapath {DATAPATH} on {INSTANCE} dispatches upcalls per CPU but no netlink socket receives "
+            f"them (OVS_DP_ATTR_PER_CPU_PIDS holds no PID) for {handlers.for_}: every packet that misses "
+            "the flow table is dropped and counted as lost, so new flows never get set up. OVS 3.1.0 does "
+            "this when ovs-vswitchd starts within 10 s of boot (fixed in 3.1.1): restart ovs-vswitchd.",
+        ),
+        _alert(
+            "OvsDatapathPortChurnHigh",
+            f'sum without (event) (rate(ovs_datapath_vport_events_total{{event=~"added|removed"}}[{WINDOW}]))'
+            f" * 60 > {_num(churn.threshold)}\n",
+            churn,
+            f'OVS datapath {DATAPATH} on {INSTANCE}: {{{{ printf "%.0f" $value }}}} ports added or removed '
+            "per minute.",
+            f"On {INSTANCE}, ports were added to or removed from datapath {DATAPATH} at "
+            f'{{{{ printf "%.0f" $value }}}} per minute over the last {WINDOW} (threshold '
+            f"{_num(churn.threshold)}/min) for {churn.for_}: a VM or pod in a boot loop, or a flapping CNI "
+            "or agent. Ports that live shorter than a scrape interval show only here.",
         ),
     ]
 

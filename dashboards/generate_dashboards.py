@@ -94,6 +94,7 @@ class Thresholds:
     error_ratio: float
     upcall_failure_ratio: float
     scrape_seconds: float
+    port_churn_per_minute: float
     record_per_port: bool = True
 
 
@@ -107,6 +108,7 @@ def load_thresholds(path: Path = CONFIG_PATH) -> Thresholds:
         error_ratio=float(raw["error_ratio"]["threshold"]),
         upcall_failure_ratio=float(raw["upcall_failure_ratio"]["threshold"]),
         scrape_seconds=float(raw["scrape_slow"]["threshold_seconds"]),
+        port_churn_per_minute=float(raw["port_churn"]["threshold_per_minute"]),
         record_per_port=bool(raw.get("record_per_port", True)),
     )
 
@@ -609,6 +611,41 @@ def overview(limits: Thresholds) -> dash.Dashboard:
                 no_value=no_value,
             )
         )
+
+    board = board.with_row(dash.Row("Upcall handlers and port churn").id(ids()))
+    board = board.with_panel(
+        big_number(
+            ids,
+            "Upcall handlers (per-CPU dispatch)",
+            "none",
+            [Query(f"ovs_datapath_upcall_handlers{{{dp}}}", where)],
+            description="Netlink sockets receiving upcalls of each datapath in per-CPU dispatch mode "
+            "(OVS_DP_ATTR_PER_CPU_PIDS); ovs-vswitchd has one per handler thread. Red 0: no handler, every "
+            "flow miss is lost (OVS 3.1.0 started within 10 s of boot). Datapaths in per-vport mode have "
+            "none here: see ovs_vport_upcall_handlers.",
+            width=8,
+            steps=[Threshold(value=None, color="red"), Threshold(value=1, color="green")],
+        )
+    )
+    events = f"ovs_datapath_vport_events_total{{{dp}"
+    board = board.with_panel(
+        graph(
+            ids,
+            "Ports added, removed and changed per minute",
+            "short",
+            [
+                Query(
+                    f'sum without (event) (rate({events}, event=~"added|removed"}}[$__rate_interval])) * 60',
+                    f"{where} added + removed",
+                ),
+                Query(f'rate({events}, event="changed"}}[$__rate_interval]) * 60', f"{where} changed"),
+            ],
+            description="From the kernel's vport notifications, so ports that live shorter than a scrape "
+            "count too. The red line is the port churn alert's threshold (added + removed).",
+            width=16,
+            limit=limits.port_churn_per_minute,
+        )
+    )
     return board
 
 

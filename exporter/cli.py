@@ -26,8 +26,9 @@ from exporter.config import (
     build,
     load_file,
 )
+from exporter.events import EventListener, open_sockets
 from exporter.identity import DEFAULT_EXTERNAL_IDS, IdentitySource
-from exporter.namespaces import NamespaceSources
+from exporter.namespaces import NamespaceSources, namespace_id
 from exporter.source import KernelSource, NetlinkKernelSocket
 from exporter.web import HttpMetrics, MetricsServer
 
@@ -54,6 +55,7 @@ _FLAG_OF_KEY = {
     "collector.vport_metrics": "--collector.vport.metrics",
     "ovsdb.socket": "--collector.ovsdb.socket",
     "ovsdb.external_ids": "--collector.ovsdb.external-ids",
+    "collector.events": "--[no-]collector.events",
     **{f"filters.{subject}.{rule}": flag for flag, subject, rule in _FILTER_FLAGS},
 }
 
@@ -180,6 +182,13 @@ def _parser() -> argparse.ArgumentParser:
         help="Comma-separated Interface external_ids keys that become labels of ovs_interface_info "
         "('-' as '_'; empty: none). Default: " + ",".join(DEFAULT_EXTERNAL_IDS) + ".",
     )
+    p.add_argument(
+        "--collector.events",
+        dest="events",
+        action=argparse.BooleanOptionalAction,
+        help="Count vport additions, removals and changes between scrapes from the kernel's notifications "
+        "(default on; --no-collector.events turns it off).",
+    )
     p.add_argument("--version", action="version", version=f"{PROG} version {__version__}")
     return p  # fmt: skip
 
@@ -252,13 +261,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             lambda datapath, port: filters.datapath.allows(datapath) and filters.port.allows(port),
         )
     http_metrics = HttpMetrics()
+    listeners: list[EventListener] = []
+    if config.events:
+        listener = EventListener(
+            open_sockets(config.netlink_timeout),
+            namespaces=namespaces.namespaces if namespaces is not None else list,
+            identify=namespace_id,
+        )
+        listener.start()
+        listeners.append(listener)
     collector = Collector(
         source,
         config.filters,
         __version__,
         namespaces=namespaces,
         vport_metrics=config.vport_metrics,
-        snapshot_sources=[identity] if identity is not None else [],
+        snapshot_sources=[*listeners, *([identity] if identity is not None else [])],
         extra=(http_metrics.render,),
     )
     host, port = config.listen_host_port
@@ -276,6 +294,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     except OSError as err:
         log.error("cannot listen on %s: %s", config.listen_address, err.strerror or err)
+        for listener in listeners:
+            listener.close()
         return 1
     signal.signal(signal.SIGTERM, _stop)
     scheme = "https" if web_config is not None and web_config.ssl_context is not None else "http"
@@ -296,6 +316,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         server.server_close()
         source.close()
+        for listener in listeners:
+            listener.close()
         if namespaces is not None:
             namespaces.close()
         if identity is not None:

@@ -74,6 +74,7 @@ class Config:
     ovsdb_external_ids: tuple[str, ...] = DEFAULT_EXTERNAL_IDS  # keys that become labels
     max_requests: int = 40  # scrapes waiting for or making a body; 0: no limit (node_exporter's default)
     max_connections: int = 256  # open HTTP connections, one thread each; 0: no limit
+    events: bool = True  # count vport notifications between scrapes (exporter.events)
 
     @property
     def listen_host_port(self) -> tuple[str, int]:
@@ -88,7 +89,7 @@ _FILE_KEYS: dict[str, tuple[str, ...]] = {
     "netlink": ("timeout_seconds",),
     "filters": FILTER_SUBJECTS,
     "netns": ("names", "all"),
-    "collector": ("vport_metrics",),
+    "collector": ("vport_metrics", "events"),
     "ovsdb": ("enabled", "socket", "external_ids"),
 }
 
@@ -249,6 +250,11 @@ def load_file(path: Path) -> dict[str, Any]:
         if not isinstance(groups, list) or not all(isinstance(g, str) for g in groups):
             raise ConfigError(f"collector.vport_metrics: must be a list of strings, got {_type_name(groups)}")
         settings["vport_metrics"] = tuple(groups)
+    events = collector.get("events")
+    if events is not None:
+        if not isinstance(events, bool):
+            raise ConfigError(f"collector.events: must be true or false, got {_type_name(events)}")
+        settings["events"] = events
 
     settings.update(_file_ovsdb(mapping(top.get("ovsdb"), "ovsdb")))
     settings["filters"] = _file_filters(mapping(top.get("filters"), "filters"))

@@ -144,7 +144,7 @@ VPORT_METRIC_GROUPS: dict[str, tuple[str, ...]] = {
     "bytes": ("ovs_vport_receive_bytes", "ovs_vport_transmit_bytes"),
     "errors": ("ovs_vport_receive_errors", "ovs_vport_transmit_errors"),
     "dropped": ("ovs_vport_receive_dropped", "ovs_vport_transmit_dropped"),
-    "upcalls": ("ovs_vport_upcalls", "ovs_vport_upcall_failures"),
+    "upcalls": ("ovs_vport_upcalls", "ovs_vport_upcall_failures", "ovs_vport_upcall_handlers"),
     "info": (VPORT_INFO[0],),
 }
 
@@ -230,6 +230,19 @@ DATAPATH_METRICS: tuple[DatapathMetric, ...] = (
         "Vports in the datapath, as the kernel's vport dump lists them.",
         lambda d: d.vport_count,
     ),
+    DatapathMetric(
+        "ovs_datapath_upcall_handlers",
+        "gauge",
+        "Netlink sockets receiving the datapath's upcalls in per-CPU dispatch mode: distinct non-zero"
+        " PIDs of OVS_DP_ATTR_PER_CPU_PIDS, 0 when none was set (every miss is then lost).",
+        lambda d: d.datapath.upcall_handlers,
+    ),
+    DatapathMetric(
+        "ovs_datapath_masks_cache_size",
+        "gauge",
+        "Entries of the datapath's megaflow mask cache (OVS_DP_ATTR_MASKS_CACHE_SIZE).",
+        lambda d: d.datapath.masks_cache_size,
+    ),
 )
 
 
@@ -277,6 +290,8 @@ def _vport_info_sample(port_labels: str, vport: wire.Vport) -> str:
         optional += f',netnsid="{vport.netnsid}"'
     if vport.dst_port is not None:
         optional += f',dst_port="{vport.dst_port}"'
+    if vport.extension:
+        optional += f',extension="{extension_label(vport.extension)}"'
     fixed = f'{port_labels},port_no="{vport.port_no}",vport_type="{vport.type_name}"'
     return f"ovs_vport_info{{{fixed}{optional}}} 1\n"
 
@@ -417,6 +432,9 @@ class DatapathRenderer:
             if dp_lines:
                 body.append(family_header(metric.name, metric.kind, metric.help, fmt).encode())
                 body.append("".join(dp_lines).encode())
+        # ovs_vport_upcall_handlers belongs to the "upcalls" group, like the upcall counters.
+        upcalls = any(counter.name == "ovs_vport_upcalls" for counter in counters)
+        body.extend(chunk.encode() for chunk in render_upcall_dispatch(dumps, fmt, upcalls))
         return body
 
 
@@ -436,6 +454,64 @@ def render_datapaths(
     See ``DatapathRenderer.render``; a collector keeps one renderer between scrapes.
     """
     return DatapathRenderer().render(dumps, fmt, counters, vport_info)
+
+
+def extension_label(extension: Sequence[int]) -> str:
+    """OVS_VXLAN_EXT_* types as the ``extension`` label shows them: ``gbp``, or the number of
+    a type this exporter does not know, comma-separated in the kernel's order."""
+    return ",".join(wire.VXLAN_EXT_NAMES.get(t) or str(t) for t in extension)
+
+
+def features_label(features: int) -> str:
+    """OVS_DP_F_* bits as the ``user_features`` label shows them: names in bit order, ``bitN``
+    for a bit this exporter does not know, ``none`` when no bit is set."""
+    names = [
+        wire.DP_FEATURE_NAMES.get(bit) or f"bit{bit}"
+        for bit in range(features.bit_length())
+        if features >> bit & 1
+    ]
+    return ",".join(names) or "none"
+
+
+DATAPATH_INFO = ("ovs_datapath", "Upcall dispatch mode and feature bits of a datapath (value 1).")
+VPORT_UPCALL_HANDLERS = (
+    "ovs_vport_upcall_handlers",
+    "Netlink sockets receiving this vport's upcalls in per-vport dispatch mode: distinct non-zero PIDs"
+    " of OVS_VPORT_ATTR_UPCALL_PID, 0 when none (every miss on the port is then lost).",
+)
+
+
+def render_upcall_dispatch(
+    dumps: Sequence[DatapathDump], fmt: Format, vport_handlers: bool = True
+) -> list[str]:
+    """``ovs_datapath_info`` and, for datapaths in per-vport dispatch mode, ``ovs_vport_upcall_handlers``.
+
+    A vport's PIDs only matter in per-vport mode (per-CPU mode sends every upcall to the
+    datapath's per-CPU PIDs), so the gauge is left out elsewhere rather than read wrongly.
+    """
+    out: list[str] = []
+    info_lines = []
+    for dump in dumps:
+        labels = _datapath_labels(dump)
+        features = dump.datapath.user_features
+        if features is not None:
+            dispatch = "per-cpu" if dump.datapath.per_cpu_dispatch else "per-vport"
+            labels += f',upcall_dispatch="{dispatch}",user_features="{features_label(features)}"'
+        info_lines.append(f"ovs_datapath_info{{{labels}}} 1\n")
+    if info_lines:
+        out.append(family_header(DATAPATH_INFO[0], "info", DATAPATH_INFO[1], fmt))
+        out.append("".join(info_lines))
+    handler_lines = [
+        f'{VPORT_UPCALL_HANDLERS[0]}{{{_datapath_labels(dump)},port="{escape_label_value(v.name)}"}} {n}\n'
+        for dump in dumps
+        if vport_handlers and dump.datapath.per_cpu_dispatch is False
+        for v in dump.vports
+        if (n := v.upcall_handlers) is not None
+    ]
+    if handler_lines:
+        out.append(family_header(VPORT_UPCALL_HANDLERS[0], "gauge", VPORT_UPCALL_HANDLERS[1], fmt))
+        out.append("".join(handler_lines))
+    return out
 
 
 def render_gauge(name: str, help_text: str, value: float, fmt: Format) -> str:

@@ -17,11 +17,13 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from exporter.model import DatapathDump
 from exporter.source import KernelSocket, KernelSource, NetlinkKernelSocket
 
 NETNS_RUN_DIR = "/run/netns"
+T = TypeVar("T")
 
 
 def list_namespaces(run_dir: str = NETNS_RUN_DIR) -> list[str]:
@@ -38,6 +40,11 @@ def open_socket_in(name: str, timeout: float, run_dir: str = NETNS_RUN_DIR) -> K
     Raises FileNotFoundError for a namespace that does not exist (it is never created)
     and PermissionError without CAP_SYS_ADMIN.
     """
+    return call_in_namespace(name, lambda: NetlinkKernelSocket(timeout), run_dir)
+
+
+def call_in_namespace(name: str, make: Callable[[], T], run_dir: str = NETNS_RUN_DIR) -> T:
+    """``make()`` run inside the named namespace (sockets it opens stay there); the thread comes back."""
     from pyroute2.netns import setns
 
     target = os.open(os.path.join(run_dir, name), os.O_RDONLY)
@@ -46,7 +53,7 @@ def open_socket_in(name: str, timeout: float, run_dir: str = NETNS_RUN_DIR) -> K
         # flags=0: never create. The fds are ours, so pyroute2 does not look names up.
         setns(target, flags=0)
         try:
-            return NetlinkKernelSocket(timeout)
+            return make()
         finally:
             setns(home, flags=0)
     finally:

@@ -45,6 +45,19 @@ OVS_CMD_GET = 3
 OVS_DP_ATTR_NAME = 1
 OVS_DP_ATTR_STATS = 3
 OVS_DP_ATTR_MEGAFLOW_STATS = 4
+OVS_DP_ATTR_USER_FEATURES = 5  # u32, OVS_DP_F_* bits
+OVS_DP_ATTR_MASKS_CACHE_SIZE = 7  # u32
+OVS_DP_ATTR_PER_CPU_PIDS = 8  # array of u32, only sent in per-CPU dispatch mode once set
+
+# OVS_DP_F_* bits of OVS_DP_ATTR_USER_FEATURES, by bit number, as the ``user_features``
+# label names them. A set bit missing here is shown as ``bitN``, never dropped.
+OVS_DP_F_DISPATCH_UPCALL_PER_CPU = 1 << 3
+DP_FEATURE_NAMES = {
+    0: "unaligned",  # OVS_DP_F_UNALIGNED
+    1: "vport_pids",  # OVS_DP_F_VPORT_PIDS
+    2: "tc_recirc_sharing",  # OVS_DP_F_TC_RECIRC_SHARING
+    3: "dispatch_upcall_per_cpu",  # OVS_DP_F_DISPATCH_UPCALL_PER_CPU
+}
 
 # enum ovs_vport_attr
 OVS_VPORT_ATTR_PORT_NO = 1
@@ -59,6 +72,10 @@ OVS_VPORT_ATTR_UPCALL_STATS = 10
 
 # enum ovs_tunnel_attr, inside OVS_VPORT_ATTR_OPTIONS
 OVS_TUNNEL_ATTR_DST_PORT = 1
+OVS_TUNNEL_ATTR_EXTENSION = 2  # nest of OVS_VXLAN_EXT_* flags
+# enum ovs_vxlan_ext, inside OVS_TUNNEL_ATTR_EXTENSION. One missing here is shown as its number.
+OVS_VXLAN_EXT_GBP = 1
+VXLAN_EXT_NAMES = {OVS_VXLAN_EXT_GBP: "gbp"}
 
 # enum ovs_vport_upcall_attr: numbering starts at 0, unlike every other OVS enum.
 OVS_VPORT_UPCALL_ATTR_SUCCESS = 0
@@ -156,6 +173,29 @@ class Datapath:
     name: str
     stats: DatapathStats | None
     megaflow_stats: MegaflowStats | None
+    user_features: int | None = None  # OVS_DP_ATTR_USER_FEATURES
+    masks_cache_size: int | None = None  # OVS_DP_ATTR_MASKS_CACHE_SIZE
+    per_cpu_pids: tuple[int, ...] | None = None  # OVS_DP_ATTR_PER_CPU_PIDS, in the kernel's order
+
+    @property
+    def per_cpu_dispatch(self) -> bool | None:
+        """Whether upcalls are dispatched per CPU (else per vport); None if features are not reported."""
+        if self.user_features is None:
+            return None
+        return bool(self.user_features & OVS_DP_F_DISPATCH_UPCALL_PER_CPU)
+
+    @property
+    def upcall_handlers(self) -> int | None:
+        """Distinct non-zero netlink PIDs of the per-CPU array; None unless in per-CPU mode.
+
+        In per-CPU mode the kernel sends no array until userspace sets one: that is
+        zero handlers (every miss is lost), not "not reported". vswitchd repeats a
+        handler's PID for several CPUs when it has fewer handlers than CPUs, and a 0
+        entry reaches no socket, so distinct non-zero PIDs are the handler sockets.
+        """
+        if not self.per_cpu_dispatch:
+            return None
+        return len(set(self.per_cpu_pids or ()) - {0})
 
 
 class Vport(NamedTuple):
@@ -176,6 +216,11 @@ class Vport(NamedTuple):
     stats: VportStats | None
     upcall_stats: UpcallStats | None
     dst_port: int | None
+    # OVS_TUNNEL_ATTR_EXTENSION: the OVS_VXLAN_EXT_* attribute types it carries, in order.
+    extension: tuple[int, ...] | None = None
+    # Distinct non-zero PIDs of OVS_VPORT_ATTR_UPCALL_PID: the sockets this vport's misses
+    # go to in per-vport dispatch mode (0: every miss is lost).
+    upcall_handlers: int | None = None
 
     @property
     def type_name(self) -> str:
@@ -266,6 +311,9 @@ def decode_datapath(buf: bytes, message: Message) -> Datapath:
     name: str | None = None
     stats: DatapathStats | None = None
     megaflow: MegaflowStats | None = None
+    user_features: int | None = None
+    masks_cache_size: int | None = None
+    per_cpu_pids: tuple[int, ...] | None = None
     for atype, start, end in _iter_attrs(buf, pos, message.end, "datapath"):
         size = end - start
         if atype == OVS_DP_ATTR_NAME:
@@ -279,10 +327,35 @@ def decode_datapath(buf: bytes, message: Message) -> Datapath:
                 raise _attr_error("datapath MEGAFLOW_STATS", atype, _DP_MEGAFLOW_STATS.size, size, start - 4)
             mask_hit, masks, _pad0, cache_hit, _pad1 = _DP_MEGAFLOW_STATS.unpack_from(buf, start)
             megaflow = MegaflowStats(mask_hit, masks, cache_hit)
-        # Any other attribute (UPCALL_PID, USER_FEATURES, ones newer kernels add) is skipped.
+        elif atype == OVS_DP_ATTR_USER_FEATURES:
+            user_features = _u32_attr(buf, start, size, "datapath USER_FEATURES", atype)
+        elif atype == OVS_DP_ATTR_MASKS_CACHE_SIZE:
+            masks_cache_size = _u32_attr(buf, start, size, "datapath MASKS_CACHE_SIZE", atype)
+        elif atype == OVS_DP_ATTR_PER_CPU_PIDS:
+            per_cpu_pids = _u32_array(buf, start, size, "datapath PER_CPU_PIDS", atype)
+        # Any other attribute (PAD, ones newer kernels add) is skipped.
     if name is None:
         raise DecodeError(f"datapath message at offset {message.start} has no NAME attribute")
-    return Datapath(dp_ifindex, name, stats, megaflow)
+    return Datapath(dp_ifindex, name, stats, megaflow, user_features, masks_cache_size, per_cpu_pids)
+
+
+def _u32_attr(buf: bytes, start: int, size: int, what: str, atype: int) -> int:
+    if size != 4:
+        raise _attr_error(what, atype, 4, size, start - 4)
+    return int(_U32.unpack_from(buf, start)[0])
+
+
+def _u32_array(buf: bytes, start: int, size: int, what: str, atype: int) -> tuple[int, ...]:
+    if size % 4:
+        raise DecodeError(f"{what} attribute {atype} at offset {start - 4}: {size} bytes, not a u32 array")
+    return struct.unpack_from(f"={size // 4}I", buf, start)
+
+
+def _count_handlers(buf: bytes, start: int, size: int) -> int:
+    """Distinct non-zero PIDs of a vport's OVS_VPORT_ATTR_UPCALL_PID (usually exactly one)."""
+    if size == 4:
+        return 1 if _U32.unpack_from(buf, start)[0] else 0
+    return len(set(_u32_array(buf, start, size, "vport UPCALL_PID", OVS_VPORT_ATTR_UPCALL_PID)) - {0})
 
 
 def _decode_upcall_stats(buf: bytes, pos: int, end: int) -> UpcallStats:
@@ -302,17 +375,25 @@ def _decode_upcall_stats(buf: bytes, pos: int, end: int) -> UpcallStats:
     return UpcallStats(success, fail)
 
 
-def _decode_dst_port(buf: bytes, pos: int, end: int) -> int | None:
+def _decode_tunnel_options(buf: bytes, pos: int, end: int) -> tuple[int | None, tuple[int, ...] | None]:
+    """DST_PORT and the EXTENSION attribute types of a vport's OPTIONS."""
+    dst_port: int | None = None
+    extension: tuple[int, ...] | None = None
     for atype, start, aend in _iter_attrs(buf, pos, end, "vport OPTIONS"):
         if atype == OVS_TUNNEL_ATTR_DST_PORT:
             # The kernel sends a u16 in host order (nla_put_u16) although the YNL
             # spec says u32; accept both widths.
             if aend - start == 2:
-                return int(_U16.unpack_from(buf, start)[0])
-            if aend - start == 4:
-                return int(_U32.unpack_from(buf, start)[0])
-            raise _attr_error("vport OPTIONS DST_PORT", atype, 2, aend - start, start - 4)
-    return None
+                dst_port = int(_U16.unpack_from(buf, start)[0])
+            elif aend - start == 4:
+                dst_port = int(_U32.unpack_from(buf, start)[0])
+            else:
+                raise _attr_error("vport OPTIONS DST_PORT", atype, 2, aend - start, start - 4)
+        elif atype == OVS_TUNNEL_ATTR_EXTENSION:
+            # vxlan_get_options: a nest of flags (GBP is an NLA_FLAG, "Flag or __u32" in the
+            # header). Only the attribute types matter; an unknown one is kept as its number.
+            extension = tuple(t for t, _s, _e in _iter_attrs(buf, start, aend, "vport OPTIONS EXTENSION"))
+    return dst_port, extension
 
 
 _UsualPrefix = tuple[int, int, int, str, int, VportStats, "UpcallStats | None"]
@@ -371,6 +452,8 @@ def decode_vport(buf: bytes, message: Message) -> Vport:
     stats: VportStats | None = None
     upcall: UpcallStats | None = None
     dst_port: int | None = None
+    extension: tuple[int, ...] | None = None
+    handlers: int | None = None
     usual = _decode_usual_vport_prefix(buf, pos, end)
     if usual is not None:
         pos, port_no, vtype, name, ifindex, stats, upcall = usual
@@ -386,11 +469,11 @@ def decode_vport(buf: bytes, message: Message) -> Vport:
         start = pos + 4
         size = alen - 4
         if atype == OVS_VPORT_ATTR_UPCALL_PID:
-            pass  # not exported
+            handlers = _count_handlers(buf, start, size)
         elif atype == OVS_VPORT_ATTR_UPCALL_STATS:
             upcall = _decode_upcall_stats(buf, start, pos + alen)
         elif atype == OVS_VPORT_ATTR_OPTIONS:
-            dst_port = _decode_dst_port(buf, start, pos + alen)
+            dst_port, extension = _decode_tunnel_options(buf, start, pos + alen)
         elif atype == OVS_VPORT_ATTR_STATS:
             if size != 64:
                 raise _attr_error("vport STATS", atype, 64, size, pos)
@@ -420,4 +503,94 @@ def decode_vport(buf: bytes, message: Message) -> Vport:
     if port_no is None or vtype is None or name is None:
         missing = [n for n, v in (("PORT_NO", port_no), ("TYPE", vtype), ("NAME", name)) if v is None]
         raise DecodeError(f"vport message at offset {message.start} lacks {', '.join(missing)}")
-    return _new_tuple(Vport, (dp_ifindex, port_no, vtype, name, ifindex, netnsid, stats, upcall, dst_port))
+    return _new_tuple(
+        Vport,
+        (dp_ifindex, port_no, vtype, name, ifindex, netnsid, stats, upcall, dst_port, extension, handlers),
+    )
+
+
+# --- Notifications: generic netlink's controller (nlctrl) and the OVS multicast groups -------------
+# include/uapi/linux/genetlink.h. The event listener (exporter.events) resolves a family's id
+# and multicast groups with CTRL_CMD_GETFAMILY, and follows families coming and going through
+# nlctrl's own "notify" group (a module reload changes both ids).
+
+GENL_ID_CTRL = 0x10
+CTRL_VERSION = 2
+CTRL_CMD_NEWFAMILY = 1
+CTRL_CMD_DELFAMILY = 2
+CTRL_CMD_GETFAMILY = 3
+CTRL_CMD_NEWMCAST_GRP = 7
+CTRL_CMD_DELMCAST_GRP = 8
+CTRL_ATTR_FAMILY_ID = 1  # u16
+CTRL_ATTR_FAMILY_NAME = 2  # string
+CTRL_ATTR_MCAST_GROUPS = 7  # nest of nests (numbered 1..n), each with:
+CTRL_ATTR_MCAST_GRP_NAME = 1  # string
+CTRL_ATTR_MCAST_GRP_ID = 2  # u32
+GENL_CTRL_NOTIFY_GROUP = "notify"
+# include/uapi/linux/openvswitch.h: OVS_DATAPATH_MCGROUP and OVS_VPORT_MCGROUP.
+OVS_DATAPATH_MCGROUP = "ovs_datapath"
+OVS_VPORT_MCGROUP = "ovs_vport"
+# enum ovs_datapath_cmd and enum ovs_vport_cmd share these numbers.
+OVS_CMD_NEW = 1
+OVS_CMD_DEL = 2
+OVS_CMD_SET = 4
+
+_GENL_HDR = struct.Struct("=BBH")  # struct genlmsghdr, without the OVS header
+
+
+class CtrlFamily(NamedTuple):
+    """A CTRL_CMD_GETFAMILY reply or an nlctrl notification about one family."""
+
+    cmd: int
+    name: str | None
+    family_id: int | None
+    groups: tuple[tuple[str, int], ...]  # multicast groups: (name, id)
+
+
+def encode_get_family(seq: int, name: str) -> bytes:
+    """CTRL_CMD_GETFAMILY for one family by name."""
+    raw = name.encode() + b"\0"
+    attr = _NLA_HDR.pack(4 + len(raw), CTRL_ATTR_FAMILY_NAME) + raw + b"\0" * (-len(raw) % 4)
+    payload = _GENL_HDR.pack(CTRL_CMD_GETFAMILY, CTRL_VERSION, 0) + attr
+    return _NLMSGHDR.pack(_NLMSGHDR.size + len(payload), GENL_ID_CTRL, NLM_F_REQUEST, seq, 0) + payload
+
+
+def decode_ctrl_family(buf: bytes, message: Message) -> CtrlFamily:
+    """Decode an nlctrl message (type GENL_ID_CTRL): its command, family name, id and groups."""
+    start = message.start + _NLMSGHDR.size
+    if message.end - start < _GENL_HDR.size:
+        raise DecodeError(f"nlctrl message at offset {message.start} is shorter than its genetlink header")
+    cmd = _GENL_HDR.unpack_from(buf, start)[0]
+    name: str | None = None
+    family_id: int | None = None
+    groups: list[tuple[str, int]] = []
+    for atype, astart, aend in _iter_attrs(buf, start + _GENL_HDR.size, message.end, "nlctrl"):
+        if atype == CTRL_ATTR_FAMILY_NAME:
+            name = _c_string(buf, astart, aend)
+        elif atype == CTRL_ATTR_FAMILY_ID:
+            if aend - astart != 2:
+                raise _attr_error("nlctrl FAMILY_ID", atype, 2, aend - astart, astart - 4)
+            family_id = int(_U16.unpack_from(buf, astart)[0])
+        elif atype == CTRL_ATTR_MCAST_GROUPS:
+            for _index, gstart, gend in _iter_attrs(buf, astart, aend, "nlctrl MCAST_GROUPS"):
+                group_name: str | None = None
+                group_id: int | None = None
+                for gtype, vstart, vend in _iter_attrs(buf, gstart, gend, "nlctrl MCAST_GROUP"):
+                    if gtype == CTRL_ATTR_MCAST_GRP_NAME:
+                        group_name = _c_string(buf, vstart, vend)
+                    elif gtype == CTRL_ATTR_MCAST_GRP_ID:
+                        group_id = _u32_attr(buf, vstart, vend - vstart, "nlctrl MCAST_GRP_ID", gtype)
+                if group_name is not None and group_id is not None:
+                    groups.append((group_name, group_id))
+    return CtrlFamily(cmd, name, family_id, tuple(groups))
+
+
+def genl_command(buf: bytes, message: Message) -> tuple[int, int]:
+    """The command and dp_ifindex of an OVS family message (a notification's whole meaning here)."""
+    if message.end - message.start < _HEADERS_LEN:
+        raise DecodeError(
+            f"OVS message at offset {message.start} is {message.end - message.start} bytes,"
+            f" shorter than its {_HEADERS_LEN}-byte headers"
+        )
+    cmd, _version, _reserved, dp_ifindex = _GENL_OVS_HDR.unpack_from(buf, message.start + _NLMSGHDR.size)
+    return cmd, dp_ifindex

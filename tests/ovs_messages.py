@@ -58,6 +58,7 @@ class FakeVport:
     upcall: tuple[int, int] | None = None
     dst_port: int | None = None
     upcall_pids: tuple[int, ...] = (0,)
+    extension: tuple[int, ...] | None = None  # OVS_VXLAN_EXT_* flag types in OVS_TUNNEL_ATTR_EXTENSION
     extra_attrs: bytes = b""  # e.g. unknown attributes a newer kernel sends
 
 
@@ -68,6 +69,9 @@ class FakeDatapath:
     stats: tuple[int, int, int, int] | None = (0, 0, 0, 0)
     megaflow: tuple[int, int, int] | None = (0, 0, 0)  # mask_hit, masks, cache_hit
     vports: list[FakeVport] = field(default_factory=list)
+    user_features: int | None = 0
+    masks_cache_size: int | None = 256
+    per_cpu_pids: tuple[int, ...] | None = None
 
 
 def vport_attrs(v: FakeVport) -> bytes:
@@ -88,8 +92,14 @@ def vport_attrs(v: FakeVport) -> bytes:
         )
         parts.append(nla(wire.OVS_VPORT_ATTR_UPCALL_STATS | NLA_F_NESTED, inner))
     parts.append(nla(5, struct.pack(f"={len(v.upcall_pids)}I", *v.upcall_pids)))  # UPCALL_PID
-    if v.dst_port is not None:
-        inner = nla(wire.OVS_TUNNEL_ATTR_DST_PORT, struct.pack("=H", v.dst_port))
+    if v.dst_port is not None or v.extension is not None:
+        # vxlan_get_options: DST_PORT, then the EXTENSION nest of flags when the port has any.
+        inner = (
+            b"" if v.dst_port is None else nla(wire.OVS_TUNNEL_ATTR_DST_PORT, struct.pack("=H", v.dst_port))
+        )
+        if v.extension is not None:
+            flags = b"".join(nla(t, b"") for t in v.extension)
+            inner += nla(wire.OVS_TUNNEL_ATTR_EXTENSION | NLA_F_NESTED, flags)
         parts.append(nla(wire.OVS_VPORT_ATTR_OPTIONS | NLA_F_NESTED, inner))
     elif v.type in (3, 4, 5):
         parts.append(nla(wire.OVS_VPORT_ATTR_OPTIONS | NLA_F_NESTED, b""))
@@ -110,8 +120,12 @@ def datapath_message(seq: int, dp: FakeDatapath) -> bytes:
         attrs.append(
             nla(wire.OVS_DP_ATTR_MEGAFLOW_STATS, struct.pack("=QIIQQ", mask_hit, masks, 0, cache_hit, 0))
         )
-    attrs.append(nla(5, struct.pack("=I", 0)))  # USER_FEATURES
-    attrs.append(nla(7, struct.pack("=I", 256)))  # MASKS_CACHE_SIZE
+    if dp.user_features is not None:
+        attrs.append(nla(5, struct.pack("=I", dp.user_features)))  # USER_FEATURES
+    if dp.masks_cache_size is not None:
+        attrs.append(nla(7, struct.pack("=I", dp.masks_cache_size)))  # MASKS_CACHE_SIZE
+    if dp.per_cpu_pids is not None:
+        attrs.append(nla(8, struct.pack(f"={len(dp.per_cpu_pids)}I", *dp.per_cpu_pids)))  # PER_CPU_PIDS
     payload = genl_ovs(1, wire.OVS_DATAPATH_VERSION, dp.dp_ifindex, b"".join(attrs))
     return nlmsg(DATAPATH_FAMILY_ID, NLM_F_MULTI, seq, payload)
 
@@ -216,3 +230,39 @@ def _with_seq(datagrams: list[bytes], seq: int) -> list[bytes]:
             pos += (length + 3) & ~3
         out.append(bytes(buf))
     return out
+
+
+# --- notifications: what the kernel multicasts, in the same layouts ------------------------------
+
+
+def ctrl_family_message(
+    cmd: int, name: str, family_id: int, groups: Sequence[tuple[str, int]] = (), seq: int = 0
+) -> bytes:
+    """An nlctrl message (CTRL_CMD_NEWFAMILY, DELFAMILY, a GETFAMILY reply), as ctrl_fill_info writes it."""
+    attrs = nla(wire.CTRL_ATTR_FAMILY_NAME, name.encode() + b"\0") + nla(
+        wire.CTRL_ATTR_FAMILY_ID, struct.pack("=H", family_id)
+    )
+    if groups:
+        nests = b"".join(
+            nla(
+                index | NLA_F_NESTED,
+                nla(wire.CTRL_ATTR_MCAST_GRP_NAME, group.encode() + b"\0")
+                + nla(wire.CTRL_ATTR_MCAST_GRP_ID, struct.pack("=I", group_id)),
+            )
+            for index, (group, group_id) in enumerate(groups, 1)
+        )
+        attrs += nla(wire.CTRL_ATTR_MCAST_GROUPS | NLA_F_NESTED, nests)
+    return nlmsg(wire.GENL_ID_CTRL, 0, seq, struct.pack("=BBH", cmd, 2, 0) + attrs)
+
+
+def vport_notification(cmd: int, dp_ifindex: int, v: FakeVport, family: int = VPORT_FAMILY_ID) -> bytes:
+    """OVS_VPORT_CMD_NEW, _DEL or _SET as ovs_notify multicasts it."""
+    return nlmsg(family, 0, 0, genl_ovs(cmd, wire.OVS_VPORT_VERSION, dp_ifindex, vport_attrs(v)))
+
+
+def datapath_notification(cmd: int, dp: FakeDatapath, family: int = DATAPATH_FAMILY_ID) -> bytes:
+    """OVS_DP_CMD_NEW or _DEL as ovs_notify multicasts it."""
+    message = bytearray(datapath_message(0, dp))
+    struct.pack_into("=HH", message, 4, family, 0)
+    message[16] = cmd
+    return bytes(message)

@@ -166,8 +166,9 @@ def is_condition(name: str) -> bool:
 
 
 def needs_upcall_stats(expr: str) -> bool:
-    """True when ``expr`` reads per-port upcall counters (kernel 6.2+ only)."""
-    return "vport_upcall" in expr or "datapath_upcall" in expr
+    """True when ``expr`` reads per-port upcall counters (kernel 6.2+ only); the handler gauges,
+    read from other attributes, are on every kernel."""
+    return re.search(r"(vport|datapath)_upcall(s|_failure)", expr) is not None
 
 
 if __name__ == "__main__":

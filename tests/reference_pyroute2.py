@@ -24,7 +24,13 @@ from pyroute2.netlink import NLM_F_DUMP, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR,
 from pyroute2.netlink.marshal import Marshal
 
 from exporter import wire
-from exporter.exposition import DATAPATH_METRICS, VPORT_COUNTERS, VPORT_INFO
+from exporter.exposition import (
+    DATAPATH_INFO,
+    DATAPATH_METRICS,
+    VPORT_COUNTERS,
+    VPORT_INFO,
+    VPORT_UPCALL_HANDLERS,
+)
 
 
 class OvsDatapathMessage(genlmsg):
@@ -99,8 +105,13 @@ class OvsVportMessage(genlmsg):
         nla_map = (
             ("OVS_TUNNEL_ATTR_UNSPEC", "none"),
             ("OVS_TUNNEL_ATTR_DST_PORT", "uint16"),
-            ("OVS_TUNNEL_ATTR_EXTENSION", "uint32"),
+            ("OVS_TUNNEL_ATTR_EXTENSION", "vxlan_ext"),
         )
+
+        class vxlan_ext(nla):  # noqa: N801
+            """``enum ovs_vxlan_ext``: flags."""
+
+            nla_map = (("OVS_VXLAN_EXT_UNSPEC", "none"), ("OVS_VXLAN_EXT_GBP", "flag"))
 
     class vport_upcall_stats(nla):  # noqa: N801
         """``enum ovs_vport_upcall_attr``: the one OVS enum numbered from 0."""
@@ -154,6 +165,26 @@ def datapath_record(msg: Any) -> wire.Datapath:
         megaflow_stats=None
         if megaflow is None
         else wire.MegaflowStats(megaflow["n_mask_hit"], megaflow["n_masks"], megaflow["n_cache_hit"]),
+        user_features=msg.get_attr("OVS_DP_ATTR_USER_FEATURES"),
+        masks_cache_size=msg.get_attr("OVS_DP_ATTR_MASKS_CACHE_SIZE"),
+        per_cpu_pids=_pids(msg.get_attr("OVS_DP_ATTR_PER_CPU_PIDS")),
+    )
+
+
+def _pids(value: Any) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    return (value,) if isinstance(value, int) else tuple(value)
+
+
+def _extension(options: Any) -> tuple[int, ...] | None:
+    """The attribute types inside OVS_TUNNEL_ATTR_EXTENSION, unknown ones included."""
+    ext = None if options is None else options.get_attr("OVS_TUNNEL_ATTR_EXTENSION")
+    if ext is None:
+        return None
+    types = {"OVS_VXLAN_EXT_GBP": 1}
+    return tuple(
+        value["header"]["type"] if name == "UNKNOWN" else types[name] for name, value in ext["attrs"]
     )
 
 
@@ -162,6 +193,7 @@ def vport_record(msg: Any) -> wire.Vport:
     stats = msg.get_attr("OVS_VPORT_ATTR_STATS")
     upcall = msg.get_attr("OVS_VPORT_ATTR_UPCALL_STATS")
     options = msg.get_attr("OVS_VPORT_ATTR_OPTIONS")
+    pids = msg.get_attr("OVS_VPORT_ATTR_UPCALL_PID")
     return wire.Vport(
         dp_ifindex=msg["dp_ifindex"],
         port_no=msg.get_attr("OVS_VPORT_ATTR_PORT_NO"),
@@ -176,6 +208,8 @@ def vport_record(msg: Any) -> wire.Vport:
             upcall.get_attr("OVS_VPORT_UPCALL_ATTR_SUCCESS"), upcall.get_attr("OVS_VPORT_UPCALL_ATTR_FAIL")
         ),
         dst_port=None if options is None else options.get_attr("OVS_TUNNEL_ATTR_DST_PORT"),
+        extension=_extension(options),
+        upcall_handlers=None if pids is None else len(set(_pids(pids) or ()) - {0}),
     )
 
 
@@ -288,7 +322,12 @@ def _datapath_values(dump: ReferenceDump) -> dict[str, int | None]:
         "ovs_datapath_mask_hits": None,
         "ovs_datapath_mask_cache_hits": None,
         "ovs_datapath_vports": len(dump.vports),
+        "ovs_datapath_upcall_handlers": None,
+        "ovs_datapath_masks_cache_size": dump.datapath.masks_cache_size,
     }
+    features = dump.datapath.user_features
+    if features is not None and features & (1 << 3):  # OVS_DP_F_DISPATCH_UPCALL_PER_CPU
+        values["ovs_datapath_upcall_handlers"] = len({p for p in dump.datapath.per_cpu_pids or () if p})
     stats, megaflow = dump.datapath.stats, dump.datapath.megaflow_stats
     if stats is not None:
         values["ovs_datapath_lookup_hits"] = stats.hits
@@ -304,6 +343,12 @@ def _datapath_values(dump: ReferenceDump) -> dict[str, int | None]:
 
 def vport_type_name(vport_type: int) -> str:
     return {1: "netdev", 2: "internal", 3: "gre", 4: "vxlan", 5: "geneve"}.get(vport_type, str(vport_type))
+
+
+def feature_names(features: int) -> str:
+    known = {0: "unaligned", 1: "vport_pids", 2: "tc_recirc_sharing", 3: "dispatch_upcall_per_cpu"}
+    names = [known.get(bit, f"bit{bit}") for bit in range(32) if features & (1 << bit)]
+    return ",".join(names) if names else "none"
 
 
 def reference_families(dumps: Sequence[ReferenceDump]) -> list[Metric]:
@@ -334,6 +379,8 @@ def reference_families(dumps: Sequence[ReferenceDump]) -> list[Metric]:
                 attributes["netnsid"] = str(vport.netnsid)
             if vport.dst_port is not None:
                 attributes["dst_port"] = str(vport.dst_port)
+            if vport.extension:
+                attributes["extension"] = ",".join("gbp" if t == 1 else str(t) for t in vport.extension)
             info.add_metric([dump.datapath.name, vport.name], attributes)
     if info.samples:
         families.append(info)
@@ -347,6 +394,26 @@ def reference_families(dumps: Sequence[ReferenceDump]) -> list[Metric]:
                 dp_family.add_metric([dump.datapath.name], value)
         if dp_family.samples:
             families.append(dp_family)
+
+    dp_info = InfoMetricFamily(DATAPATH_INFO[0], DATAPATH_INFO[1], labels=["datapath"])
+    handlers = GaugeMetricFamily(
+        VPORT_UPCALL_HANDLERS[0], VPORT_UPCALL_HANDLERS[1], labels=["datapath", "port"]
+    )
+    for dump in dumps:
+        features = dump.datapath.user_features
+        per_cpu = features is not None and bool(features & (1 << 3))
+        attributes = {}
+        if features is not None:
+            attributes = {
+                "upcall_dispatch": "per-cpu" if per_cpu else "per-vport",
+                "user_features": feature_names(features),
+            }
+        dp_info.add_metric([dump.datapath.name], attributes)
+        if features is not None and not per_cpu:
+            for vport in dump.vports:
+                if vport.upcall_handlers is not None:
+                    handlers.add_metric([dump.datapath.name, vport.name], vport.upcall_handlers)
+    families.extend(family for family in (dp_info, handlers) if family.samples)
     return families
 
 

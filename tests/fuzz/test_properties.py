@@ -12,7 +12,16 @@ from hypothesis import strategies as st
 from exporter import wire
 from exporter.source import KernelSource
 from tests.fuzz.decode import decode_everything
-from tests.ovs_messages import FakeDatapath, FakeKernelSocket, FakeVport, done, vport_message
+from tests.ovs_messages import (
+    FakeDatapath,
+    FakeKernelSocket,
+    FakeVport,
+    datapath_message,
+    done,
+    vport_message,
+)
+
+NLA_TYPE_MAX = wire.NLA_TYPE_MASK
 
 u64 = st.integers(0, 2**64 - 1)
 names = st.text(
@@ -29,6 +38,17 @@ vports = st.builds(
     stats=st.none() | st.tuples(u64, u64, u64, u64, u64, u64, u64, u64),
     upcall=st.none() | st.tuples(u64, u64),
     dst_port=st.none() | st.integers(0, 65535),
+    upcall_pids=st.lists(st.integers(0, 2**32 - 1), min_size=1, max_size=8).map(tuple),
+    extension=st.none() | st.lists(st.integers(1, NLA_TYPE_MAX), max_size=3).map(tuple),
+)
+
+datapaths = st.builds(
+    FakeDatapath,
+    name=names,
+    dp_ifindex=st.integers(1, 2**31 - 1),
+    user_features=st.none() | st.integers(0, 2**32 - 1),
+    masks_cache_size=st.none() | st.integers(0, 2**32 - 1),
+    per_cpu_pids=st.none() | st.lists(st.integers(0, 2**32 - 1), max_size=8).map(tuple),
 )
 
 
@@ -55,7 +75,25 @@ def test_well_formed_vport_round_trips(v: FakeVport, dp_ifindex: int) -> None:
         stats=None if v.stats is None else wire.VportStats(*v.stats),
         upcall_stats=None if v.upcall is None else wire.UpcallStats(*v.upcall),
         dst_port=v.dst_port,
+        extension=v.extension,
+        upcall_handlers=len(set(v.upcall_pids) - {0}),
     )
+
+
+@given(datapaths)
+@settings(max_examples=300)
+def test_well_formed_datapath_round_trips(dp: FakeDatapath) -> None:
+    buf = datapath_message(1, dp)
+    (message,) = wire.iter_messages(buf)
+    decoded = wire.decode_datapath(buf, message)
+    assert (decoded.name, decoded.user_features, decoded.masks_cache_size, decoded.per_cpu_pids) == (
+        dp.name,
+        dp.user_features,
+        dp.masks_cache_size,
+        dp.per_cpu_pids,
+    )
+    per_cpu = dp.user_features is not None and bool(dp.user_features & wire.OVS_DP_F_DISPATCH_UPCALL_PER_CPU)
+    assert decoded.upcall_handlers == (len(set(dp.per_cpu_pids or ()) - {0}) if per_cpu else None)
 
 
 @given(vports, st.data())

@@ -1,7 +1,7 @@
 """Capture real dumps for the host's decoding tests (run in the guest by ``python -m tests.vm capture``).
 
-Builds the standard topology plus a datapath without per-CPU upcall dispatch, moves traffic and
-upcalls, waits until nothing moves, then writes into OUTDIR:
+Builds the standard topology plus a datapath without per-CPU upcall dispatch and one with it and
+two handler PIDs, moves traffic and upcalls, waits until nothing moves, then writes into OUTDIR:
 
 * ``datapaths.bin``: the ``ovs_datapath`` dump, every datagram exactly as the kernel sent it,
   concatenated (netlink messages, the final NLMSG_DONE included);
@@ -25,6 +25,7 @@ from .ovsnl import DATAPATH_FAMILY, VPORT_FAMILY, OvsNetlink, Snapshot
 from .topology import STANDARD, Topology, dpctl_show, ping, send_frames, standard_topology, wait_quiet
 
 UPCALL_DP = "ovs-u"
+PER_CPU_DP = "ovs-p"
 
 
 def _check_against_dpctl(snap: Snapshot) -> dict[str, Any]:
@@ -59,6 +60,7 @@ def capture(out: Path) -> None:
             upcalls.add_datapath(UPCALL_DP)
             upcalls.add_veth(UPCALL_DP, "vu0", upcall_pid=listener.portid)
             upcalls.add_veth(UPCALL_DP, "vu1", upcall_pid=dead_pid)
+            upcalls.add_datapath(PER_CPU_DP, per_cpu_pids=(listener.portid, nl.portid))
             ping(STANDARD[0], count=5, size=100)
             ping(STANDARD[1], count=3, size=300)
             send_frames("vu0p", 4)

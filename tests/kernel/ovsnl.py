@@ -45,6 +45,7 @@ DP_ATTR_STATS = 3
 DP_ATTR_MEGAFLOW_STATS = 4
 DP_ATTR_USER_FEATURES = 5
 DP_ATTR_MASKS_CACHE_SIZE = 7
+DP_ATTR_PER_CPU_PIDS = 8
 DP_ATTR_IFINDEX = 9
 DP_F_UNALIGNED = 1 << 0
 DP_F_VPORT_PIDS = 1 << 1
@@ -62,6 +63,8 @@ VPORT_ATTR_UPCALL_STATS = 10
 VPORT_UPCALL_ATTR_SUCCESS = 0
 VPORT_UPCALL_ATTR_FAIL = 1
 TUNNEL_ATTR_DST_PORT = 1
+TUNNEL_ATTR_EXTENSION = 2
+VXLAN_EXT_GBP = 1
 
 VPORT_NETDEV, VPORT_INTERNAL, VPORT_GRE, VPORT_VXLAN, VPORT_GENEVE = 1, 2, 3, 4, 5
 VPORT_TYPE_NAMES = {1: "netdev", 2: "internal", 3: "gre", 4: "vxlan", 5: "geneve"}
@@ -131,6 +134,8 @@ class DatapathInfo:
     masks: int | None
     mask_cache_hits: int | None
     user_features: int | None
+    masks_cache_size: int | None = None
+    per_cpu_pids: tuple[int, ...] | None = None
 
     @classmethod
     def decode(cls, msg: Message) -> DatapathInfo:
@@ -140,6 +145,8 @@ class DatapathInfo:
         if DP_ATTR_MEGAFLOW_STATS in a:
             mask_hits, masks, _pad, cache_hits = struct.unpack("=QIIQ", a[DP_ATTR_MEGAFLOW_STATS][:24])
         features = struct.unpack("=I", a[DP_ATTR_USER_FEATURES])[0] if DP_ATTR_USER_FEATURES in a else None
+        cache = a.get(DP_ATTR_MASKS_CACHE_SIZE)
+        pids = a.get(DP_ATTR_PER_CPU_PIDS)
         return cls(
             name=a[DP_ATTR_NAME].rstrip(b"\0").decode(),
             ifindex=msg.dp_ifindex,
@@ -151,6 +158,8 @@ class DatapathInfo:
             masks=masks,
             mask_cache_hits=cache_hits,
             user_features=features,
+            masks_cache_size=None if cache is None else struct.unpack("=I", cache)[0],
+            per_cpu_pids=None if pids is None else struct.unpack(f"={len(pids) // 4}I", pids),
         )
 
 
@@ -167,6 +176,7 @@ class VportInfo:
     upcall_fail: int | None
     upcall_pids: tuple[int, ...]
     dst_port: int | None
+    extension: tuple[int, ...] | None = None  # attribute types inside OVS_TUNNEL_ATTR_EXTENSION
 
     @property
     def type_name(self) -> str:
@@ -181,8 +191,11 @@ class VportInfo:
             success = struct.unpack("=Q", up[VPORT_UPCALL_ATTR_SUCCESS])[0]
             fail = struct.unpack("=Q", up[VPORT_UPCALL_ATTR_FAIL])[0]
         dst_port = None
+        extension = None
         if VPORT_ATTR_OPTIONS in a:
             opts = parse_attrs(a[VPORT_ATTR_OPTIONS])
+            if TUNNEL_ATTR_EXTENSION in opts:
+                extension = tuple(sorted(parse_attrs(opts[TUNNEL_ATTR_EXTENSION])))
             if TUNNEL_ATTR_DST_PORT in opts:
                 raw = opts[TUNNEL_ATTR_DST_PORT]
                 # The kernel sends a u16 in host order (the YNL spec says u32).
@@ -200,6 +213,7 @@ class VportInfo:
             upcall_fail=fail,
             upcall_pids=struct.unpack(f"={len(pids_raw) // 4}I", pids_raw),
             dst_port=dst_port,
+            extension=extension,
         )
 
 
@@ -316,15 +330,38 @@ class OvsNetlink:
         datagrams, msgs = self._request(DATAPATH_FAMILY, DATAPATH_VERSION, CMD_GET, 0, b"", NLM_F_DUMP)
         return Dump(tuple(datagrams), tuple(msgs))
 
-    def new_datapath(self, name: str, upcall_pid: int = 0, user_features: int = DP_F_UNALIGNED) -> int:
-        """Create a datapath; without DP_F_DISPATCH_UPCALL_PER_CPU, upcalls go to per-vport pids."""
+    def new_datapath(
+        self,
+        name: str,
+        upcall_pid: int = 0,
+        user_features: int = DP_F_UNALIGNED,
+        per_cpu_pids: tuple[int, ...] | None = None,
+    ) -> int:
+        """Create a datapath; without DP_F_DISPATCH_UPCALL_PER_CPU, upcalls go to per-vport pids.
+
+        ``per_cpu_pids`` (with that feature) sets the handler PIDs as vswitchd does.
+        """
         attrs = (
             nla_str(DP_ATTR_NAME, name)
             + nla_u32(DP_ATTR_UPCALL_PID, upcall_pid)
             + nla_u32(DP_ATTR_USER_FEATURES, user_features)
         )
+        if per_cpu_pids is not None:
+            attrs += nla(DP_ATTR_PER_CPU_PIDS, struct.pack(f"={len(per_cpu_pids)}I", *per_cpu_pids))
         _, msgs = self._request(DATAPATH_FAMILY, DATAPATH_VERSION, CMD_NEW, 0, attrs, NLM_F_ECHO)
         return msgs[0].dp_ifindex
+
+    def set_per_cpu_pids(self, name: str, pids: tuple[int, ...], user_features: int) -> None:
+        """OVS_DP_CMD_SET the handler PIDs, as vswitchd does once its handler threads run.
+
+        USER_FEATURES must be sent again: without it ovs_dp_change clears every feature bit.
+        """
+        attrs = (
+            nla_str(DP_ATTR_NAME, name)
+            + nla_u32(DP_ATTR_USER_FEATURES, user_features)
+            + nla(DP_ATTR_PER_CPU_PIDS, struct.pack(f"={len(pids)}I", *pids))
+        )
+        self._request(DATAPATH_FAMILY, DATAPATH_VERSION, CMD_SET, 0, attrs, NLM_F_ACK)
 
     def del_datapath(self, name: str) -> None:
         attrs = nla_str(DP_ATTR_NAME, name)
@@ -337,8 +374,15 @@ class OvsNetlink:
         return Dump(tuple(datagrams), tuple(msgs))
 
     def new_vport(
-        self, dp_ifindex: int, name: str, vport_type: int, upcall_pid: int = 0, dst_port: int | None = None
+        self,
+        dp_ifindex: int,
+        name: str,
+        vport_type: int,
+        upcall_pid: int = 0,
+        dst_port: int | None = None,
+        gbp: bool = False,
     ) -> VportInfo:
+        """Create a vport; ``gbp`` asks a vxlan one for Group Based Policy (vxlan_configure_exts)."""
         attrs = (
             nla_str(VPORT_ATTR_NAME, name)
             + nla_u32(VPORT_ATTR_TYPE, vport_type)
@@ -346,9 +390,10 @@ class OvsNetlink:
         )
         if dst_port is not None:
             # The kernel wants a u16 in host order (vxlan_tnl_create, geneve_tnl_create).
-            attrs += nla(
-                VPORT_ATTR_OPTIONS | NLA_F_NESTED, nla(TUNNEL_ATTR_DST_PORT, struct.pack("=H", dst_port))
-            )
+            options = nla(TUNNEL_ATTR_DST_PORT, struct.pack("=H", dst_port))
+            if gbp:
+                options += nla(TUNNEL_ATTR_EXTENSION | NLA_F_NESTED, nla(VXLAN_EXT_GBP, b""))
+            attrs += nla(VPORT_ATTR_OPTIONS | NLA_F_NESTED, options)
         _, msgs = self._request(VPORT_FAMILY, VPORT_VERSION, CMD_NEW, dp_ifindex, attrs, NLM_F_ECHO)
         return VportInfo.decode(msgs[0])
 

@@ -40,6 +40,18 @@ DATAPATH_METRICS = {
 
 UPCALL_METRICS = ("ovs_vport_upcalls_total", "ovs_vport_upcall_failures_total")
 
+#: Counters of what happened between scrapes: no snapshot of the kernel predicts them.
+HISTORY_METRICS = ("ovs_datapath_vport_events_total",)
+
+#: OVS_DP_F_* bit -> its name in the user_features label (include/uapi/linux/openvswitch.h).
+FEATURE_NAMES = {0: "unaligned", 1: "vport_pids", 2: "tc_recirc_sharing", 3: "dispatch_upcall_per_cpu"}
+DP_F_DISPATCH_UPCALL_PER_CPU = 1 << 3
+
+
+def feature_label(features: int) -> str:
+    names = [FEATURE_NAMES.get(bit, f"bit{bit}") for bit in range(32) if features >> bit & 1]
+    return ",".join(names) or "none"
+
 
 def _unescape(value: str) -> str:
     return value.replace(r"\"", '"').replace(r"\n", "\n").replace("\\\\", "\\")
@@ -79,7 +91,12 @@ class Scrape:
         return self.series().get((name, labels(**kw)))
 
     def only(self, prefixes: tuple[str, ...] = ("ovs_vport_", "ovs_datapath_")) -> dict[SeriesKey, float]:
-        return {k: v for k, v in self.series().items() if k[0].startswith(prefixes)}
+        """The series a kernel snapshot describes (event counters count history, not state)."""
+        return {
+            k: v
+            for k, v in self.series().items()
+            if k[0].startswith(prefixes) and k[0] not in HISTORY_METRICS
+        }
 
     def label_values(self, name: str, label: str) -> set[str]:
         return {dict(lbls)[label] for n, lbls, _ in self.samples if n == name and label in dict(lbls)}
@@ -101,10 +118,28 @@ def expected_series(snap: Snapshot) -> dict[SeriesKey, float]:
                 out[(metric, dl)] = value
         vports = snap.vports.get(dp.name, {})
         out[("ovs_datapath_vports", dl)] = len(vports)
+        if dp.masks_cache_size is not None:
+            out[("ovs_datapath_masks_cache_size", dl)] = dp.masks_cache_size
+        per_vport = False
+        if dp.user_features is not None:
+            per_cpu = bool(dp.user_features & DP_F_DISPATCH_UPCALL_PER_CPU)
+            per_vport = not per_cpu
+            dispatch = "per-cpu" if per_cpu else "per-vport"
+            dp_info = labels(
+                datapath=dp.name, upcall_dispatch=dispatch, user_features=feature_label(dp.user_features)
+            )
+            out[("ovs_datapath_info", dp_info)] = 1
+            if per_cpu:
+                # No PID array sent (never set) is zero handlers: every miss is lost.
+                out[("ovs_datapath_upcall_handlers", dl)] = len(set(dp.per_cpu_pids or ()) - {0})
+        else:
+            out[("ovs_datapath_info", dl)] = 1
         for vp in vports.values():
             pl = labels(datapath=dp.name, port=vp.name)
             for metric, stat in VPORT_COUNTERS.items():
                 out[(metric, pl)] = vp.stats[stat]
+            if per_vport and vp.upcall_pids:
+                out[("ovs_vport_upcall_handlers", pl)] = len(set(vp.upcall_pids) - {0})
             if vp.upcall_success is not None and vp.upcall_fail is not None:
                 out[("ovs_vport_upcalls_total", pl)] = vp.upcall_success + vp.upcall_fail
                 out[("ovs_vport_upcall_failures_total", pl)] = vp.upcall_fail
@@ -120,6 +155,8 @@ def expected_series(snap: Snapshot) -> dict[SeriesKey, float]:
                 info["netnsid"] = str(vp.netnsid)
             if vp.dst_port is not None:
                 info["dst_port"] = str(vp.dst_port)
+            if vp.extension:
+                info["extension"] = ",".join("gbp" if t == 1 else str(t) for t in vp.extension)
             out[("ovs_vport_info", frozenset(info.items()))] = 1
     return out
 

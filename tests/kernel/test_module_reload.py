@@ -10,6 +10,8 @@ import pytest
 
 from .ovsnl import DATAPATH_FAMILY, VPORT_FAMILY, OvsNetlink
 from .procs import Exporter
+from .promtext import Scrape
+from .test_events import events, scrape_until
 from .topology import Topology
 
 #: Modules that use openvswitch, unloaded before it.
@@ -33,6 +35,11 @@ def test_module_unload_gives_ovs_up_0_and_reload_brings_data_back(
     nl: OvsNetlink, topology: Topology, exporter: Exporter
 ) -> None:
     assert exporter.scrape().value("ovs_up") == 1
+
+    def listening(scrape: Scrape) -> float | None:
+        return scrape.value("ovs_scrape_collector_success", collector="events")
+
+    assert listening(exporter.scrape()) == 1
     topology.teardown()
     for dp in nl.snapshot().datapaths:
         nl.del_datapath(dp)
@@ -46,19 +53,25 @@ def test_module_unload_gives_ovs_up_0_and_reload_brings_data_back(
         assert not [name for name, _, _ in down.samples if name.startswith(("ovs_vport_", "ovs_datapath_"))]
         errors = down.value("ovs_scrape_errors_total")
         assert errors is not None and errors >= 1
+        # The event listener saw the families go (nlctrl's notification) and says so.
+        assert listening(scrape_until(exporter, lambda s: listening(s) == 0)) == 0
         assert exporter.alive()
     finally:
         load_ovs_modules()
         nl.family(DATAPATH_FAMILY, refresh=True)
         nl.family(VPORT_FAMILY, refresh=True)
 
+    # The listener re-resolved the new family ids and joined the new groups, without a restart.
+    assert listening(scrape_until(exporter, lambda s: listening(s) == 1)) == 1
     with OvsNetlink() as fresh:
         fresh.family(DATAPATH_FAMILY)
         again = Topology(fresh)
         try:
             again.add_datapath("ovs-r")
             again.add_veth("ovs-r", "vr0")
-            up = exporter.scrape()
+            want = {"added": 1, "removed": 0, "changed": 0}
+            up = scrape_until(exporter, lambda s: events(s, "ovs-r") == want)
+            assert events(up, "ovs-r") == want, "vport notifications after the reload were not counted"
             assert up.value("ovs_up") == 1
             assert up.value("ovs_datapath_vports", datapath="ovs-r") == 2
             assert up.value("ovs_vport_receive_packets_total", datapath="ovs-r", port="vr0") is not None

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from .procs import Exporter
 from .promtext import fetch
+from .test_events import events, scrape_until
 
 NETNS = "ovs-tenant"
 MISSING = "ovs-missing"
@@ -18,6 +19,17 @@ from tests.kernel.ovsnl import VPORT_INTERNAL, OvsNetlink
 with OvsNetlink() as nl:
     ifindex = nl.new_datapath("dp-tenant")
     nl.new_vport(ifindex, "tenant-int", VPORT_INTERNAL)
+"""
+
+
+# Three ports added and one removed in the namespace, by test code.
+CHURN_PORTS = """
+from tests.kernel.ovsnl import VPORT_INTERNAL, OvsNetlink
+with OvsNetlink() as nl:
+    ifindex = nl.snapshot().datapaths["dp-tenant"].ifindex
+    for name in ("tn0", "tn1", "tn2"):
+        nl.new_vport(ifindex, name, VPORT_INTERNAL)
+    nl.del_vport("tn0")
 """
 
 
@@ -51,6 +63,13 @@ def test_named_namespace_is_collected_with_a_netns_label(results_dir: Path) -> N
             assert not os.path.exists(f"/run/netns/{MISSING}"), "a missing namespace is never created"
             assert scrape.value("ovs_up") == 1, "the host's own datapaths are still served"
             assert not scrape.duplicates()
+
+            # Port events are listened to inside the namespace too.
+            assert scrape.value("ovs_scrape_collector_success", collector="events", netns=NETNS) == 1
+            in_netns(sys.executable, "-c", CHURN_PORTS)
+            want = {"added": 3, "removed": 1, "changed": 0}
+            scrape = scrape_until(exporter, lambda s: events(s, "dp-tenant", netns=NETNS) == want)
+            assert events(scrape, "dp-tenant", netns=NETNS) == want
 
             in_netns(
                 sys.executable,

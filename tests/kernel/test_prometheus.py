@@ -41,6 +41,8 @@ PORT_DASHBOARD = {
 
 #: Alert conditions this module makes true on purpose (see ``troubled_datapath``).
 PROVOKED_ALERTS = {
+    # ovs-dpctl switches ovs-a and ovs-b to per-CPU dispatch and sets no handler PIDs.
+    "alert/OvsDatapathNoUpcallHandlers",
     "alert/OvsDatapathUpcallsLost",
     "alert/OvsVportTransmitDropsHigh",
     "alert/OvsVportTransmitErrorsHigh",

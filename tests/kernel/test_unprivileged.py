@@ -43,5 +43,7 @@ def test_unprivileged_exporter_serves_the_same_numbers(
 
     snap, (as_root, as_nobody) = consistent(nl, read)
     assert as_nobody.value("ovs_up") == 1
+    # Joining the kernel's multicast groups needs no privilege either.
+    assert as_nobody.value("ovs_scrape_collector_success", collector="events") == 1
     assert not diff(expected_series(snap), as_nobody.only())
     assert as_root.only() == as_nobody.only()

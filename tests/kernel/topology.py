@@ -41,6 +41,7 @@ class PortSpec:
     name: str
     vport_type: int
     dst_port: int | None = None
+    gbp: bool = False  # vxlan Group Based Policy (OVS_VXLAN_EXT_GBP)
 
 
 @dataclass
@@ -85,6 +86,7 @@ STANDARD = (
         "ovs-b", 2, "vb0", "ovsns-b",
         extra_ports=[
             PortSpec("vxb", ovsnl.VPORT_VXLAN, 4790),
+            PortSpec("vxgb", ovsnl.VPORT_VXLAN, 4792, gbp=True),
             PortSpec("gnb", ovsnl.VPORT_GENEVE, 6082),
             PortSpec("ib1", ovsnl.VPORT_INTERNAL),
         ],
@@ -101,9 +103,16 @@ class Topology:
         self.netns: list[str] = []
         self.veths: list[str] = []
 
-    def add_datapath(self, name: str, upcall_pid: int = 0) -> int:
-        """A datapath without per-CPU upcall dispatch: upcalls go to each vport's own pid."""
-        ifindex = self.nl.new_datapath(name, upcall_pid=upcall_pid)
+    def add_datapath(
+        self, name: str, upcall_pid: int = 0, per_cpu_pids: tuple[int, ...] | None = None
+    ) -> int:
+        """A datapath without per-CPU upcall dispatch (upcalls go to each vport's own pid), or
+        with it when ``per_cpu_pids`` is given: those PIDs, set the way vswitchd sets them."""
+        if per_cpu_pids is None:
+            ifindex = self.nl.new_datapath(name, upcall_pid=upcall_pid)
+        else:
+            features = ovsnl.DP_F_UNALIGNED | ovsnl.DP_F_DISPATCH_UPCALL_PER_CPU
+            ifindex = self.nl.new_datapath(name, user_features=features, per_cpu_pids=per_cpu_pids)
         self.datapaths[name] = ifindex
         return ifindex
 
@@ -125,7 +134,9 @@ class Topology:
         self.add_netns(spec.netns)
         self.add_veth(spec.name, spec.veth)
         for port in spec.extra_ports:
-            self.nl.new_vport(self.datapaths[spec.name], port.name, port.vport_type, dst_port=port.dst_port)
+            self.nl.new_vport(
+                self.datapaths[spec.name], port.name, port.vport_type, dst_port=port.dst_port, gbp=port.gbp
+            )
         ip_batch(
             [f"link set {spec.peer} netns {spec.netns}", f"link set {spec.name} up"]
             + [f"addr add {spec.local_ip}/24 dev {spec.name}"]

@@ -155,6 +155,13 @@ def synthetic_families(seed: int = 4) -> dict[str, Family]:
         add("ovs_datapath_flows", "gauge", key, [float(int(v)) for v in wave(400 * vports, 0.2, 1200, 1)])
         add("ovs_datapath_masks", "gauge", key, [float(int(v)) for v in wave(6 * vports, 0.1, 3000, 2)])
         add("ovs_datapath_vports", "gauge", key, [float(vports)] * steps)
+        # dp0 is per-CPU without handlers (the no-handler alert holds) and has ports in a boot loop
+        # (25 added and 25 removed a minute: the churn alert holds); dp1 is quiet with 4 handlers.
+        add("ovs_datapath_upcall_handlers", "gauge", key, [0.0 if vports == 5 else 4.0] * steps)
+        per_second = 25 / 60 if vports == 5 else 1 / 600
+        for event, rate in (("added", per_second), ("removed", per_second), ("changed", per_second / 5)):
+            events = _labels(instance=instance, job=JOB, datapath=datapath, event=event)
+            add("ovs_datapath_vport_events", "counter", events, _counter([rate] * steps))
 
     # host1 is healthy; host2 scrapes slowly; host3 cannot read the datapath;
     # host4's exporter is down.

@@ -74,6 +74,8 @@ def test_inventory_helpers() -> None:
     assert not only_with_trouble("record/ovs:vport_receive_packets:rate5m", "rate(x[5m])")
     assert not only_with_trouble("dashboard/x/1/A", "ovs:datapath_receive_dropped:rate5m")
     assert needs_ovsdb("ovs:bridge_receive_bytes:rate5m") and not needs_ovsdb("ovs_vport_info")
+    assert needs_upcall_stats("ovs:datapath_upcall_failures:rate5m")
+    assert not needs_upcall_stats("ovs_datapath_upcall_handlers == 0")
 
 
 def test_every_expression_parses(promtool: Path, tmp_path: Path) -> None:

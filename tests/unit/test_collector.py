@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from exporter import config, wire
 from exporter.collector import Collector
 from exporter.config import Filters, NameFilter
-from exporter.exposition import VPORT_COUNTERS, VPORT_INFO, VPORT_METRIC_GROUPS, Format
+from exporter.exposition import VPORT_COUNTERS, VPORT_INFO, VPORT_METRIC_GROUPS, VPORT_UPCALL_HANDLERS, Format
 from exporter.model import DatapathDump
 from exporter.source import FamilyNotFoundError, KernelSource
 from tests.ovs_messages import FakeDatapath, FakeKernelSocket, FakeVport
@@ -130,7 +130,7 @@ def test_upcall_metrics_absent_when_kernel_does_not_report_them() -> None:
     dp = FakeDatapath("dp0", 10, megaflow=None, vports=[FakeVport(1, "veth0", ifindex=3)])
     body = Collector(ListSource(kernel(dp)), Filters(), "1").scrape(Format.TEXT)
     assert "ovs_vport_upcalls" not in body and "ovs_vport_upcall_failures" not in body
-    assert "ovs_datapath_masks" not in body and "ovs_datapath_mask_hits" not in body
+    assert "ovs_datapath_masks{" not in body and "ovs_datapath_mask_hits" not in body
     assert value(body, "ovs_vport_receive_packets_total", datapath="dp0", port="veth0") == 0
 
 
@@ -246,7 +246,9 @@ def test_vport_metric_groups_choose_the_families_served() -> None:
 def test_every_vport_family_is_in_exactly_one_group() -> None:
     assert tuple(VPORT_METRIC_GROUPS) == config.VPORT_METRIC_GROUPS
     families = [name for group in VPORT_METRIC_GROUPS.values() for name in group]
-    assert sorted(families) == sorted([c.name for c in VPORT_COUNTERS] + [VPORT_INFO[0]])
+    assert sorted(families) == sorted(
+        [c.name for c in VPORT_COUNTERS] + [VPORT_INFO[0], VPORT_UPCALL_HANDLERS[0]]
+    )
 
 
 def test_every_source_reports_the_same_health_families() -> None:

@@ -64,8 +64,15 @@ def test_flags_override_the_file(tmp_path: Path) -> None:
         ),
         ("filters: {ports: {}}\n", "filters.ports: unknown key (known keys: datapath, port, vport_type)"),
         ("filters: {port: {only: x}}\n", "filters.port.only: unknown key"),
-        ("collector: {vport_metric: []}\n", "collector.vport_metric: unknown key (known keys: vport_metrics)"),
-        ("collector: {vport_metrics: packets}\n", "collector.vport_metrics: must be a list of strings, got str"),
+        (
+            "collector: {vport_metric: []}\n",
+            "collector.vport_metric: unknown key (known keys: vport_metrics, events)",
+        ),
+        (
+            "collector: {vport_metrics: packets}\n",
+            "collector.vport_metrics: must be a list of strings, got str",
+        ),
+        ("collector: {events: 'no'}\n", "collector.events: must be true or false, got str"),
         (
             "collector: {vport_metrics: [packets, flows]}\n",
             "collector.vport_metrics: unknown metric group 'flows' (known: packets, bytes, errors, dropped,"
@@ -175,6 +182,15 @@ def test_ovsdb_file_and_flags(tmp_path: Path) -> None:
     assert not config.ovsdb_enabled and config.ovsdb_external_ids == ("vm-uuid", "x")
     config = load_config(["--collector.ovsdb", "--collector.ovsdb.external-ids", ""])
     assert config.ovsdb_enabled and config.ovsdb_external_ids == ()
+
+
+def test_event_listener_is_on_by_default_and_can_be_turned_off(tmp_path: Path) -> None:
+    assert load_config([]).events is True
+    assert load_config(["--no-collector.events"]).events is False
+    path = tmp_path / "c.yml"
+    path.write_text("collector: {events: false}\n")
+    assert load_config(["--config.file", str(path)]).events is False
+    assert load_config(["--config.file", str(path), "--collector.events"]).events is True
 
 
 def test_config_is_frozen() -> None:

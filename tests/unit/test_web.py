@@ -19,9 +19,14 @@ from prometheus_client.parser import text_string_to_metric_families as parse_tex
 
 from exporter.collector import Collector
 from exporter.config import Filters
+from exporter.events import EventListener
 from exporter.exposition import Format
 from exporter.source import KernelSource
 from exporter.web import MetricsServer, accepts_gzip, negotiate_format
+from exporter.wire import OVS_CMD_DEL as DEL
+from exporter.wire import OVS_CMD_NEW as NEW
+from exporter.wire import OVS_CMD_SET as SET
+from tests.fake_events import Kernel, listener_for
 from tests.ovs_messages import FakeDatapath, FakeKernelSocket, FakeVport
 from tests.tools import ROOT, promtool
 
@@ -39,17 +44,24 @@ def golden_datapaths() -> list[FakeDatapath]:
             3,
             stats=(123456, 789, 12, 40),
             megaflow=(987654, 6, 55555),
+            # vswitchd's per-CPU dispatch: 2 handlers over 3 CPUs.
+            user_features=0b1011,
+            per_cpu_pids=(4001, 4002, 4001),
             vports=[
                 FakeVport(0, "ovs-system", type=2, ifindex=3, stats=(0, 0, 0, 0, 0, 0, 0, 0), upcall=(0, 0)),
                 FakeVport(1, "br-int", type=2, ifindex=4, stats=(10, 20, 1000, 2000, 0, 0, 0, 0), upcall=(3, 0)),
                 FakeVport(2, "tap1a2b3c4d-5e", type=1, ifindex=17, stats=(2**60, 501, 9876543210, 12345, 1, 2, 3, 4), upcall=(700, 12)),
                 FakeVport(3, "genev_sys_6081", type=5, ifindex=9, dst_port=6081, stats=(5, 6, 7, 8, 0, 0, 0, 0), upcall=(1, 1)),
-                FakeVport(4, "vxlan0", type=4, ifindex=10, netnsid=2, dst_port=4789, upcall=(0, 0)),
+                FakeVport(4, "vxlan0", type=4, ifindex=10, netnsid=2, dst_port=4789, upcall=(0, 0), extension=(1, 9)),
                 FakeVport(5, "gre_sys", type=3, ifindex=11, upcall=(0, 0)),
                 FakeVport(6, "future0", type=9, ifindex=12, upcall=(0, 0)),
             ],
         ),
-        FakeDatapath("dp-legacy", 20, megaflow=None, vports=[FakeVport(0, "dp-legacy", type=2, ifindex=20)]),
+        # Per-vport dispatch with a feature bit the exporter does not name (bit 7).
+        FakeDatapath("dp-legacy", 20, megaflow=None, user_features=0b10000011, masks_cache_size=None, vports=[
+            FakeVport(0, "dp-legacy", type=2, ifindex=20, upcall_pids=(0,)),
+            FakeVport(1, "tap-legacy", ifindex=21, upcall_pids=(3001,)),
+        ]),
     ]  # fmt: skip
 
 
@@ -63,16 +75,28 @@ class Exporter:
         return conn.getresponse()
 
 
+def golden_events(kernel: Kernel) -> EventListener:
+    """Notifications since start: ovs-system had 3 ports added, 1 removed and 1 changed."""
+    listener = listener_for((None, kernel))
+    kernel.notify.send(*(kernel.vport(c, 3, f"tap{i}") for i, c in enumerate((NEW, NEW, NEW, DEL, SET))))
+    listener.step(0)
+    return listener
+
+
 @pytest.fixture
 def exporter() -> Iterator[Exporter]:
     sock = FakeKernelSocket(golden_datapaths())
-    collector = Collector(KernelSource(lambda: sock), Filters(), "0.1.0-test")
+    kernel = Kernel([FakeDatapath("ovs-system", 3), FakeDatapath("dp-legacy", 20)])
+    events = golden_events(kernel)
+    collector = Collector(KernelSource(lambda: sock), Filters(), "0.1.0-test", snapshot_sources=[events])
     server = MetricsServer("127.0.0.1", 0, "/metrics", collector, "0.1.0-test")
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield Exporter(server, sock)
     server.shutdown()
     server.server_close()
+    events.close()
+    kernel.notify.close()
 
 
 def stable(body: str) -> str:
@@ -225,6 +249,8 @@ def test_real_cli_without_openvswitch_module_serves_up_zero() -> None:
     try:
         assert proc.stderr is not None
         line = proc.stderr.readline()
+        while "listening on" not in line and line:
+            line = proc.stderr.readline()  # the event listener may log first that it has no families
         port = _port_of(line)
         bodies = []
         for _ in range(3):

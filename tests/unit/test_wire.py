@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import struct
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -43,6 +45,7 @@ def test_vport_every_attribute_in_kernel_order() -> None:
         upcall=(40, 2),
         dst_port=4789,
         upcall_pids=(100, 101),
+        extension=(wire.OVS_VXLAN_EXT_GBP,),
     )
     vport = decode_one_vport(vport_message(1, 7, v))
     assert vport == wire.Vport(
@@ -55,6 +58,8 @@ def test_vport_every_attribute_in_kernel_order() -> None:
         stats=wire.VportStats(1, 2, 3, 4, 5, 6, 7, 8),
         upcall_stats=wire.UpcallStats(success=40, fail=2),
         dst_port=4789,
+        extension=(1,),
+        upcall_handlers=2,
     )
     assert vport.type_name == "vxlan"
 
@@ -128,7 +133,7 @@ def test_datapath_with_stats_and_megaflow_stats() -> None:
     buf = datapath_message(1, dp)
     (msg,) = wire.iter_messages(buf)
     assert wire.decode_datapath(buf, msg) == wire.Datapath(
-        4, "ovs-system", wire.DatapathStats(10, 2, 1, 5), wire.MegaflowStats(30, 3, 7)
+        4, "ovs-system", wire.DatapathStats(10, 2, 1, 5), wire.MegaflowStats(30, 3, 7), 0, 256, None
     )
 
 
@@ -219,3 +224,174 @@ def test_malformed_datapath_raises_decode_error() -> None:
 def test_get_dump_request_layout() -> None:
     request = wire.encode_get_dump(0x1B, 1, seq=9, dp_ifindex=42)
     assert request == struct.pack("=IHHII", 24, 0x1B, 0x301, 9, 0) + struct.pack("=BBHi", 3, 1, 0, 42)
+
+
+# --- datapath attributes and vport upcall PIDs / tunnel extensions ------------------------------
+
+
+def decode_one_datapath(message: bytes) -> wire.Datapath:
+    (msg,) = list(wire.iter_messages(message))
+    return wire.decode_datapath(message, msg)
+
+
+def test_datapath_features_cache_size_and_per_cpu_pids() -> None:
+    dp = FakeDatapath(
+        "ovs-system", 5, user_features=0b1011, masks_cache_size=256, per_cpu_pids=(1001, 1002, 1001, 0)
+    )
+    record = decode_one_datapath(datapath_message(1, dp))
+    assert (record.user_features, record.masks_cache_size, record.per_cpu_pids) == (
+        0b1011,
+        256,
+        (1001, 1002, 1001, 0),
+    )
+    assert record.per_cpu_dispatch is True
+    # vswitchd repeats a handler's PID for CPUs beyond its handlers; a 0 reaches no socket.
+    assert record.upcall_handlers == 2
+
+
+def test_per_cpu_datapath_without_pid_array_has_zero_handlers() -> None:
+    # OVS 3.1.0 before 10 s of uptime: per-CPU mode set, PIDs never sent. Every miss is lost.
+    record = decode_one_datapath(datapath_message(1, FakeDatapath("ovs-system", 5, user_features=0b1001)))
+    assert record.per_cpu_pids is None
+    assert record.upcall_handlers == 0
+
+
+def test_per_vport_datapath_reports_no_handler_count() -> None:
+    record = decode_one_datapath(datapath_message(1, FakeDatapath("dp0", 5, user_features=0b0011)))
+    assert record.per_cpu_dispatch is False
+    assert record.upcall_handlers is None
+
+
+def test_datapath_attributes_not_sent_are_none() -> None:
+    dp = FakeDatapath("old", 5, user_features=None, masks_cache_size=None)
+    record = decode_one_datapath(datapath_message(1, dp))
+    assert (
+        record.user_features,
+        record.masks_cache_size,
+        record.per_cpu_dispatch,
+        record.upcall_handlers,
+    ) == (
+        None,
+        None,
+        None,
+        None,
+    )
+
+
+@pytest.mark.parametrize(
+    ("attr", "payload"),
+    [(5, b"\1\0"), (7, b"\0" * 8), (8, b"\1\2\3\4\5")],
+    ids=["user_features_short", "masks_cache_size_long", "per_cpu_pids_ragged"],
+)
+def test_malformed_datapath_attributes_are_rejected(attr: int, payload: bytes) -> None:
+    attrs = nla(1, b"dp\0") + nla(attr, payload)
+    message = nlmsg(0x1A, 2, 1, genl_ovs(1, 2, 5, attrs))
+    with pytest.raises(wire.DecodeError, match=f"attribute {attr}"):
+        decode_one_datapath(message)
+
+
+def test_vxlan_extension_keeps_unknown_flags() -> None:
+    v = FakeVport(port_no=4, name="vxgbp", type=4, ifindex=9, dst_port=4789, extension=(1, 5))
+    assert decode_one_vport(vport_message(1, 7, v)).extension == (1, 5)
+    plain = FakeVport(port_no=5, name="vx", type=4, ifindex=10, dst_port=4789)
+    assert decode_one_vport(vport_message(1, 7, plain)).extension is None
+
+
+def test_vport_upcall_handlers_count_distinct_non_zero_pids() -> None:
+    def handlers(pids: tuple[int, ...]) -> int | None:
+        return decode_one_vport(vport_message(1, 7, FakeVport(1, "p", upcall_pids=pids))).upcall_handlers
+
+    assert handlers((0,)) == 0
+    assert handlers((77,)) == 1
+    assert handlers((0, 0, 0)) == 0
+    assert handlers((5, 6, 5, 0)) == 2
+    attrs = nla(1, struct.pack("=I", 1)) + nla(2, struct.pack("=I", 1)) + nla(3, b"p\0")
+    assert decode_one_vport(raw_vport(attrs)).upcall_handlers is None  # not sent: not reported
+    with pytest.raises(wire.DecodeError, match="UPCALL_PID"):
+        decode_one_vport(raw_vport(attrs + nla(5, b"\1\2\3\4\5\6")))
+
+
+# --- nlctrl and notifications -------------------------------------------------------------------
+
+
+def test_ctrl_family_reply_with_groups() -> None:
+    from tests.ovs_messages import ctrl_family_message
+
+    buf = ctrl_family_message(
+        wire.CTRL_CMD_NEWFAMILY, "ovs_vport", 0x22, [("ovs_vport", 9), ("x", 10)], seq=4
+    )
+    (msg,) = wire.iter_messages(buf)
+    assert wire.decode_ctrl_family(buf, msg) == wire.CtrlFamily(
+        1, "ovs_vport", 0x22, (("ovs_vport", 9), ("x", 10))
+    )
+
+
+def test_ctrl_family_request_is_what_the_kernel_expects() -> None:
+    buf = wire.encode_get_family(7, "ovs_vport")
+    (msg,) = wire.iter_messages(buf)
+    assert (msg.type, msg.seq, msg.flags) == (wire.GENL_ID_CTRL, 7, wire.NLM_F_REQUEST)
+    assert buf[16:20] == bytes([wire.CTRL_CMD_GETFAMILY, 2, 0, 0])
+    assert buf[20:] == nla(wire.CTRL_ATTR_FAMILY_NAME, b"ovs_vport\0")
+
+
+def test_malformed_ctrl_family_id_is_rejected() -> None:
+    buf = nlmsg(
+        wire.GENL_ID_CTRL, 0, 1, struct.pack("=BBH", 1, 2, 0) + nla(wire.CTRL_ATTR_FAMILY_ID, b"\0" * 4)
+    )
+    (msg,) = wire.iter_messages(buf)
+    with pytest.raises(wire.DecodeError, match="FAMILY_ID"):
+        wire.decode_ctrl_family(buf, msg)
+
+
+def test_notification_command_and_datapath() -> None:
+    from tests.ovs_messages import vport_notification
+
+    buf = vport_notification(wire.OVS_CMD_DEL, 12, FakeVport(3, "tap3"))
+    (msg,) = wire.iter_messages(buf)
+    assert wire.genl_command(buf, msg) == (wire.OVS_CMD_DEL, 12)
+    with pytest.raises(wire.DecodeError, match="shorter"):
+        short = nlmsg(VPORT_FAMILY_ID, 0, 0, b"\1\1")
+        wire.genl_command(short, next(wire.iter_messages(short)))
+
+
+# --- captured real-kernel dumps (tests/fixtures/kernel, python -m tests.vm capture) ------------
+
+CAPTURES = sorted(
+    p.parent for p in (Path(__file__).resolve().parents[1] / "fixtures" / "kernel").glob("*/expected.json")
+)
+
+
+def _records(capture: Path, name: str, family: int, decode: Callable[[bytes, wire.Message], object]) -> list:
+    buf = (capture / name).read_bytes()
+    # Each .bin is whole datagrams back to back: their messages parse straight through.
+    return [decode(buf, m) for m in wire.iter_messages(buf) if m.type == family]
+
+
+@pytest.mark.parametrize("capture", CAPTURES, ids=lambda p: p.name)
+def test_captured_datapath_attributes_and_gbp(capture: Path) -> None:
+    expected = json.loads((capture / "expected.json").read_text())
+    families = expected["families"]
+    datapaths = {
+        d.name: d for d in _records(capture, "datapaths.bin", families["ovs_datapath"], wire.decode_datapath)
+    }
+    for want in expected["datapaths"]:
+        got = datapaths[want["name"]]
+        assert (got.user_features, got.masks_cache_size) == (want["user_features"], want["masks_cache_size"])
+        assert got.per_cpu_pids == (None if want["per_cpu_pids"] is None else tuple(want["per_cpu_pids"]))
+    # ovs-p: per-CPU with two handler sockets set; ovs-a: per-CPU (ovs-dpctl) and no PIDs; ovs-u: per-vport.
+    assert datapaths["ovs-p"].upcall_handlers == 2
+    assert datapaths["ovs-a"].per_cpu_dispatch and datapaths["ovs-a"].upcall_handlers == 0
+    assert datapaths["ovs-u"].per_cpu_dispatch is False and datapaths["ovs-u"].upcall_handlers is None
+    vports = {
+        v.name: v
+        for v in _records(capture, "vports-ovs-b.bin", families["ovs_vport"], wire.decode_vport)
+        + _records(capture, "vports-ovs-u.bin", families["ovs_vport"], wire.decode_vport)
+    }
+    assert vports["vxgb"].extension == (wire.OVS_VXLAN_EXT_GBP,)
+    assert vports["vxb"].extension is None
+    # ovs-u's ports upcall to a live socket (vu0) and a dead pid (vu1); its local port to none.
+    assert (
+        vports["vu0"].upcall_handlers,
+        vports["vu1"].upcall_handlers,
+        vports["ovs-u"].upcall_handlers,
+    ) == (1, 1, 0)
