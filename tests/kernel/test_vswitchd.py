@@ -9,6 +9,7 @@ may open db.sock.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,7 +29,9 @@ from .vswitchd import (
     HOST_NS,
     MGMT_NS_IP,
     PATCH_PORTS,
+    RUNDIR,
     OvsHost,
+    appctl,
     ping,
     vswitchd_dpctl_show,
 )
@@ -156,3 +159,28 @@ def test_every_counter_equals_kernel_dump_and_vswitchd_view(
     assert set(shown.counters) == {"hits", "misses", "lost", "flows", "mask_hits", "masks", "mask_cache_hits"}
     assert not dpctl_diff(shown, scrape)
     assert scrape.value("ovs_vport_receive_bytes_total", datapath=DATAPATH, port=OVNK.port)
+
+
+def test_dispatch_mode_and_handlers_equal_vswitchds(ovs_host: OvsHost, host_exporter: Exporter) -> None:
+    """The exporter's upcall dispatch view equals vswitchd's own: ``ovs-appctl dpif-netlink/dispatch-mode``
+    and its handler threads (one netlink socket each)."""
+    said = appctl("dpif-netlink/dispatch-mode")
+    mode = re.search(r"(per-cpu|per-vport) dispatch mode", said)
+    assert mode, f"unexpected dpif-netlink/dispatch-mode output: {said!r}"
+    pid = int((RUNDIR / "ovs-vswitchd.pid").read_text())
+    handlers = [
+        t for t in Path(f"/proc/{pid}/task").iterdir() if (t / "comm").read_text().startswith("handler")
+    ]
+    assert handlers, "vswitchd runs no handler thread"
+    scrape = host_exporter.scrape()
+    (info,) = [dict(lbls) for name, lbls, _ in scrape.samples if name == "ovs_datapath_info"]
+    assert info["datapath"] == DATAPATH
+    assert info["upcall_dispatch"] == mode[1]
+    if mode[1] == "per-cpu":
+        assert scrape.value("ovs_datapath_upcall_handlers", datapath=DATAPATH) == len(handlers)
+    else:
+        served = scrape.label_values("ovs_vport_upcall_handlers", "port")
+        assert served and all(
+            scrape.value("ovs_vport_upcall_handlers", datapath=DATAPATH, port=p) == len(handlers)
+            for p in served
+        )
