@@ -486,7 +486,9 @@ class OvsdbReader(Generic[T]):
             timeout = 1.0
             if not complete:
                 if self._current is not None:
+                    # The server cancelled the monitor (e.g. the database was converted): reloading.
                     self._publish(None)
+                    self._set_state("copy being reloaded", logging.WARNING)
                 built_seqno = -1
                 if connected and now - settling_since > self.SETTLE_TIMEOUT:
                     self._set_state(

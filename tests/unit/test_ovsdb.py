@@ -637,3 +637,34 @@ def test_library_reads_a_character_split_between_reads() -> None:
         methods.append(message.method)
     writer.close()
     assert methods == ["echo", "update"]
+
+
+def test_online_schema_conversion(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """ovsdb-client convert cancels the monitor: the copy is dropped, reloaded, and a lost column degrades."""
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    with ovsdb_server() as server:
+        server.vsctl("add-br", "br0", "--", "add-port", "br0", "tap0", "--", "set", "Interface", "tap0",
+                     "external-ids:iface-id=x")  # fmt: skip
+        proxy = RecordingProxy(server.socket, server.directory)
+        reader = make_reader(proxy.remote)
+        reader.SETTLE_TIMEOUT = 1.0
+        try:
+            wait_view(reader, lambda s: s.get("tap0", {}).get("iface_id") == "x", "the first copy")
+            older = _schema_without(tmp_path, {"Interface": ["external_ids"]})
+            subprocess.run(["ovsdb-client", "convert", server.remote, str(older)], check=True, capture_output=True)
+            got = wait_view(reader, lambda s: "tap0" in s and "iface_id" not in s["tap0"], "the converted copy")
+            assert got["tap0"]["bridge"] == "br0"
+        finally:
+            reader.close()
+            proxy.close()
+    # What the Idl sends when the server cancels its monitor is read-only too.
+    assert proxy.violations == [] and "monitor_cancel" in proxy.methods, proxy.methods
+    # The new monitor asks for a column the converted schema lacks; the server refuses it, so
+    # no complete copy comes (SETTLE_TIMEOUT, 30 s by default) and the reader starts over.
+    assert state_log(caplog) == [
+        "connected",
+        "copy being reloaded",
+        "no complete copy within 1 s; reconnecting",
+        "schema 8.3.1 has no Interface.external_ids; those labels are left out",
+        "connected",
+    ]
