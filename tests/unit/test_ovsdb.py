@@ -405,7 +405,7 @@ def test_the_proxy_catches_a_write() -> None:
         proxy = RecordingProxy(server.socket, server.directory)
         try:
             res = subprocess.run(
-                [str(vsctl_path()), f"--db={proxy.remote}", "--no-wait", "--timeout=5", "add-br", "br0"],
+                [str(vsctl_path()), f"--db={proxy.remote}", "--no-wait", "--timeout=1", "add-br", "br0"],
                 capture_output=True, check=False,
             )  # fmt: skip
         finally:
