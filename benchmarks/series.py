@@ -341,6 +341,10 @@ def table(runs: list[Run]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _shown(path: Path) -> str:
+    return str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else str(path)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--vports", default=",".join(map(str, SIZES)), help="comma-separated sizes")
@@ -363,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
     document = {
         "command": " ".join(["python -m benchmarks.series", *(argv if argv is not None else sys.argv[1:])]),
         "interval_seconds": INTERVAL,
-        "rules": str(args.rules),
+        "rules": _shown(args.rules.resolve()),
         "runs": [{**asdict(run), "per_vport": run.per_vport} for run in runs],
     }
     (out / f"{name}.json").write_text(json.dumps(document, indent=1) + "\n", encoding="utf-8")

@@ -103,3 +103,10 @@ def test_example_is_shard_zero_of_four() -> None:
         "__tmp_shard",
     )
     assert (keep["action"], keep["source_labels"], keep["regex"]) == ("keep", ["__tmp_shard"], "0")
+
+
+def test_the_guide_quotes_the_measured_tables() -> None:
+    # The figures are those benchmarks/series.py wrote, not retyped.
+    text = FLEET.read_text(encoding="utf-8")
+    for name in ("series.txt", "series-before.txt", "series-vm.txt"):
+        assert (ROOT / "benchmarks" / "results" / name).read_text(encoding="utf-8") in text, name
