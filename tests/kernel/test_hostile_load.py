@@ -103,6 +103,13 @@ def loaded(nl: OvsNetlink, results_dir: Path) -> Iterator[tuple[Exporter, int]]:
         nl.del_datapath(DATAPATH)
 
 
+def report(results_dir: Path, line: str) -> None:
+    """Print a figure and keep it in $OVS_VM_RESULTS/kernel-tests/hostile-load.txt for the docs."""
+    print(line)
+    with (results_dir / "hostile-load.txt").open("a", encoding="utf-8") as out:
+        out.write(line + "\n")
+
+
 def stalled_reader(port: int) -> socket.socket:
     """Asks for the text body without gzip; read from a little later, then never again."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -113,7 +120,9 @@ def stalled_reader(port: int) -> socket.socket:
     return sock
 
 
-def test_stalled_readers_cost_no_copy_and_cannot_lock_prometheus_out(loaded: tuple[Exporter, int]) -> None:
+def test_stalled_readers_cost_no_copy_and_cannot_lock_prometheus_out(
+    loaded: tuple[Exporter, int], results_dir: Path
+) -> None:
     proc, peak = loaded
     readers: list[socket.socket] = []
     # Arriving at their own pace over 10 s, whatever the exporter's answer time (each would
@@ -128,10 +137,11 @@ def test_stalled_readers_cost_no_copy_and_cannot_lock_prometheus_out(loaded: tup
         status, body = scrape(PORT, PROMETHEUS_HEADERS)
         hwm = status_kib(proc.pid, "VmHWM")
         superseded = counter(body, 'ovs_exporter_http_connections_dropped_total{reason="superseded"}')
-        print(
+        report(
+            results_dir,
             f"stalled: {STALLED} stalled readers; Prometheus scrape {status}, {vports_served(body)} vports; "
             f"peak RSS {hwm} KiB = {hwm / peak:.2f}x the normal peak; {superseded:.0f} superseded, "
-            f"renders {counter(body, 'ovs_exporter_http_renders_total'):.0f}"
+            f"renders {counter(body, 'ovs_exporter_http_renders_total'):.0f}",
         )
         assert status == 200 and vports_served(body) == SERVED
         assert body.endswith(b"# EOF\n")
@@ -141,7 +151,7 @@ def test_stalled_readers_cost_no_copy_and_cannot_lock_prometheus_out(loaded: tup
             sock.close()
 
 
-def test_idle_connections_are_bounded(loaded: tuple[Exporter, int]) -> None:
+def test_idle_connections_are_bounded(loaded: tuple[Exporter, int], results_dir: Path) -> None:
     proc, peak = loaded
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 4096)), hard))
@@ -154,9 +164,10 @@ def test_idle_connections_are_bounded(loaded: tuple[Exporter, int]) -> None:
         hwm = status_kib(proc.pid, "VmHWM")
         open_connections = counter(body, "ovs_exporter_http_connections")
         evicted = counter(body, 'ovs_exporter_http_connections_dropped_total{reason="evicted"}')
-        print(
+        report(
+            results_dir,
             f"idle: {IDLE} idle connections; exporter holds {open_connections:.0f}, {threads} threads, "
-            f"{evicted:.0f} evicted; scrape {status}; peak RSS {hwm / peak:.2f}x the normal peak"
+            f"{evicted:.0f} evicted; scrape {status}; peak RSS {hwm / peak:.2f}x the normal peak",
         )
         assert status == 200 and vports_served(body) == SERVED
         assert open_connections <= MAX_CONNECTIONS
@@ -168,7 +179,9 @@ def test_idle_connections_are_bounded(loaded: tuple[Exporter, int]) -> None:
             sock.close()
 
 
-def test_many_fast_scrapers_get_the_whole_body_or_a_counted_503(loaded: tuple[Exporter, int]) -> None:
+def test_many_fast_scrapers_get_the_whole_body_or_a_counted_503(
+    loaded: tuple[Exporter, int], results_dir: Path
+) -> None:
     proc, peak = loaded
     _, before = scrape(PORT, {})
     refused_before = counter(before, 'ovs_exporter_http_requests_total{code="503"}')
@@ -192,10 +205,11 @@ def test_many_fast_scrapers_get_the_whole_body_or_a_counted_503(loaded: tuple[Ex
     status, after = scrape(PORT, PROMETHEUS_HEADERS)
     hwm = status_kib(proc.pid, "VmHWM")
     refused = counter(after, 'ovs_exporter_http_requests_total{code="503"}') - refused_before
-    print(
+    report(
+        results_dir,
         f"fast: {FAST} concurrent scrapers, {len(outcomes)} scrapes: {outcomes.count('whole')} whole, "
         f"{outcomes.count('503')} 503; renders {counter(after, 'ovs_exporter_http_renders_total'):.0f}; "
-        f"peak RSS {hwm / peak:.2f}x the normal peak"
+        f"peak RSS {hwm / peak:.2f}x the normal peak",
     )
     assert set(outcomes) <= {"whole", "503"}, sorted(set(outcomes))
     assert outcomes.count("whole") > 0
