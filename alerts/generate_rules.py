@@ -311,6 +311,18 @@ INSTANCE = "{{ $labels.instance }}"
 DATAPATH = "{{ $labels.datapath }}"
 PORT = "{{ $labels.port }}"
 PERCENT = "{{ $value | humanizePercentage }}"
+# Who is on the port, when the exporter reads OVSDB (--collector.ovsdb): looked up in
+# ovs_interface_info when the annotation is rendered, so that a changed VM or pod name never
+# changes the alert's labels. Nothing is added for a port OVSDB does not describe. netns=""
+# matches only the host's own ports, as ovs_interface_info describes only those.
+IDENTITY = (
+    '{{ with printf "ovs_interface_info{instance=%q,netns=%q,datapath=%q,port=%q}" '
+    "$labels.instance $labels.netns $labels.datapath $labels.port | query }}"
+    "{{ with first . }}{{ $id := .Labels }} (bridge {{ $id.bridge }}"
+    "{{ with $id.iface_id }}, iface-id {{ . }}{{ end }}"
+    "{{ with $id.pod_name }}, pod {{ $id.pod_namespace }}/{{ . }}{{ end }}"
+    "{{ with $id.vm_uuid }}, VM {{ . }}{{ end }}){{ end }}{{ end }}"
+)
 
 
 def _alert(name: str, expr: str, settings: AlertSettings, summary: str, description: str) -> dict[str, Any]:
@@ -340,9 +352,9 @@ def _port_ratio_alert(
         f"(\n{raw_ratio(f'{direction}_{bad}', offered)}\n) > {_num(settings.threshold)}\n"
         f"and\n{' + '.join(raw_rate(counter) for counter in offered)} >= {_num(min_pps)}\n",
         settings,
-        f"OVS port {PORT} on datapath {DATAPATH} ({INSTANCE}): {PERCENT} of {noun} {outcome}.",
-        f"On {INSTANCE}, {PERCENT} of the packets that OVS port {PORT} of datapath {DATAPATH} {verb} "
-        f"over the last {WINDOW} {outcome} (threshold {_percent(settings.threshold)}, "
+        f"OVS port {PORT}{IDENTITY} on datapath {DATAPATH} ({INSTANCE}): {PERCENT} of {noun} {outcome}.",
+        f"On {INSTANCE}, {PERCENT} of the packets that OVS port {PORT}{IDENTITY} of datapath {DATAPATH} "
+        f"{verb} over the last {WINDOW} {outcome} (threshold {_percent(settings.threshold)}, "
         f"counted on ports offered at least {_num(min_pps)} packets/s).",
     )
 
@@ -375,9 +387,10 @@ def all_alerting_rules(config: Config) -> list[dict[str, Any]]:
             f"(\n{raw_ratio('upcall_failures', ('upcalls',))}\n) > {_num(upcall.threshold)}\n"
             f"and\n{raw_rate('upcalls')} >= {_num(upcall.min_rate)}\n",
             upcall,
-            f"OVS port {PORT} on datapath {DATAPATH} ({INSTANCE}) fails {PERCENT} of its upcalls.",
-            f"On {INSTANCE}, OVS port {PORT} of datapath {DATAPATH} could not queue {PERCENT} of its upcalls "
-            f"to userspace over the last {WINDOW} (threshold {_percent(upcall.threshold)}, counted on ports "
+            f"OVS port {PORT}{IDENTITY} on datapath {DATAPATH} ({INSTANCE}) fails {PERCENT} of its upcalls.",
+            f"On {INSTANCE}, OVS port {PORT}{IDENTITY} of datapath {DATAPATH} could not queue {PERCENT} of "
+            f"its upcalls to userspace over the last {WINDOW} (threshold {_percent(upcall.threshold)}, "
+            "counted on ports "
             f"with at least {_num(upcall.min_rate)} upcalls/s): the first packets of new flows on this port "
             "are dropped. Is ovs-vswitchd running and keeping up?",
         ),
