@@ -52,10 +52,12 @@ lint: setup
 	$(BIN)/mypy exporter
 
 ## External tools the tests run for real, fetched from the Debian and npm registries into .cache/
-## (ovsdb-server and the OVS schema for the host OVSDB tests come with the VM tools).
+## (ovsdb-server and the OVS schema for the host OVSDB tests come with the VM tools); podman,
+## mmdebstrap and runc (apt-get) and a Debian base tarball for the image test (tests/image.py).
 tools:
 	sh alerts/setup-promtool.sh >/dev/null
 	sh tests/deploy/setup.sh
+	$(PYTHON) -m tests.image setup >/dev/null
 	bash tests/vm/setup.sh --tools-only
 
 ## Host tests: decoding, collector, HTTP, config, rules, dashboards, Helm chart.
