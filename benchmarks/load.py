@@ -332,7 +332,7 @@ def inflate_cost(vports: int) -> str:
 
     dataset = build(vports)
     collector = Collector(KernelSource(lambda: PrebuiltKernelSocket(dataset)), Filters(), "bench")
-    encoded = [chunk.encode() for chunk in collector.scrape_chunks(Format.TEXT)]
+    encoded = collector.scrape_chunks(Format.TEXT)  # bytes already
     gzipped, size = gzip_compress(encoded), sum(map(len, encoded))
     best = math.inf
     for _ in range(5):
