@@ -53,14 +53,14 @@ datapaths = st.builds(
 
 
 @given(st.binary(max_size=2048))
-@settings(max_examples=3000)
+@settings(max_examples=3000, deadline=None)
 def test_arbitrary_bytes_decode_or_raise_decode_error(data: bytes) -> None:
     with contextlib.suppress(wire.DecodeError):
         decode_everything(data)
 
 
 @given(vports, st.integers(1, 2**31 - 1))
-@settings(max_examples=500)
+@settings(max_examples=500, deadline=None)
 def test_well_formed_vport_round_trips(v: FakeVport, dp_ifindex: int) -> None:
     buf = vport_message(1, dp_ifindex, v)
     (message,) = wire.iter_messages(buf)
@@ -81,7 +81,7 @@ def test_well_formed_vport_round_trips(v: FakeVport, dp_ifindex: int) -> None:
 
 
 @given(datapaths)
-@settings(max_examples=300)
+@settings(max_examples=300, deadline=None)
 def test_well_formed_datapath_round_trips(dp: FakeDatapath) -> None:
     buf = datapath_message(1, dp)
     (message,) = wire.iter_messages(buf)
@@ -97,7 +97,7 @@ def test_well_formed_datapath_round_trips(dp: FakeDatapath) -> None:
 
 
 @given(vports, st.data())
-@settings(max_examples=1000, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_mutated_vport_decodes_or_raises_decode_error(v: FakeVport, data: st.DataObject) -> None:
     buf = bytearray(vport_message(1, 3, v))
     for _ in range(data.draw(st.integers(1, 4))):
@@ -109,7 +109,7 @@ def test_mutated_vport_decodes_or_raises_decode_error(v: FakeVport, data: st.Dat
 
 
 @given(st.lists(st.binary(max_size=512), max_size=4))
-@settings(max_examples=500)
+@settings(max_examples=500, deadline=None)
 def test_dump_loop_reports_garbage_as_its_own_errors(datagrams: list[bytes]) -> None:
     """Whatever the kernel sends for a vport dump, collect() raises only a reported error type."""
     sock = FakeKernelSocket([FakeDatapath("dp0", 3, vports=[FakeVport(1, "p")])])
