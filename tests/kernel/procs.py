@@ -134,10 +134,12 @@ def tool(name: str) -> str:
 class Prometheus(Process):
     """Debian's Prometheus, unpacked by tests/vm/setup.sh, with its data in /tmp (a guest tmpfs)."""
 
-    def __init__(self, port: int, config: dict[str, Any], log_dir: Path) -> None:
+    def __init__(
+        self, port: int, config: dict[str, Any], log_dir: Path, workdir: Path = Path("/tmp/prometheus")
+    ) -> None:
+        """``workdir`` holds its config and TSDB: one per instance, so no run sees another's data."""
         self.port = port
         self.started = time.time()
-        workdir = Path("/tmp/prometheus")
         workdir.mkdir(parents=True, exist_ok=True)
         cfg = workdir / "prometheus.yml"
         cfg.write_text(json.dumps(config, indent=2))  # JSON is YAML
@@ -148,7 +150,7 @@ class Prometheus(Process):
             f"--web.listen-address=127.0.0.1:{port}",
             "--log.level=warn",
         ]
-        super().__init__("prometheus", cmd, log_dir)
+        super().__init__(workdir.name, cmd, log_dir)
         wait_http(f"http://127.0.0.1:{port}/-/ready", self.proc, "prometheus", self.log)
 
     def api(self, path: str, **params: str) -> Any:

@@ -4,35 +4,52 @@ vswitchd (Debian's 3.1) owns ``ovs-system`` for bridges ``br-int`` and ``br-ex``
 ``ovs-host`` (see tests/kernel/vswitchd.py). Traffic between the guests goes through br-int with
 the NORMAL action: vswitchd handles the upcalls of the first packets and installs kernel flows.
 The exporter runs there as uid 65534, no capabilities, whose only extra right is the group that
-may open db.sock.
+may open db.sock, and reads OVSDB (--collector.ovsdb): its ``ovs_interface_info`` must say what
+OVSDB (read again here with ovs-vsctl) holds, follow changes, and survive ovsdb-server dying.
+A real Prometheus then runs every dashboard and alert query over it, the joins included.
 """
 
 from __future__ import annotations
 
+import json
 import re
-from collections.abc import Iterator
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from exporter.identity import DEFAULT_EXTERNAL_IDS
+from tests import promql_inventory
+
 from .conftest import HAS_UPCALL_STATS, consistent
 from .netns import in_netns
 from .ovsnl import OvsNetlink
-from .procs import Exporter
-from .promtext import Scrape, diff, expected_series
+from .procs import Exporter, Prometheus
+from .promtext import Labels, Scrape, diff, expected_series
 from .topology import DpctlDatapath, dpctl_diff
 from .vswitchd import (
     DATAPATH,
     DB_GROUP,
+    DB_SOCK,
     GENEVE_VPORT,
     GUESTS,
     HOST_NS,
     MGMT_NS_IP,
     PATCH_PORTS,
     RUNDIR,
+    SUBNET,
+    Guest,
     OvsHost,
     appctl,
+    background_ping,
+    expected_identity,
+    expected_system,
+    ovsdb_tables,
     ping,
+    vsctl,
     vswitchd_dpctl_show,
 )
 
@@ -70,6 +87,7 @@ def host_exporter(ovs_host: OvsHost, results_dir: Path) -> Iterator[Exporter]:
         host=MGMT_NS_IP,
         netns=HOST_NS,
         groups=(DB_GROUP,),
+        args=("--collector.ovsdb",),
     )
     yield proc
     proc.stop()
@@ -184,3 +202,242 @@ def test_dispatch_mode_and_handlers_equal_vswitchds(ovs_host: OvsHost, host_expo
             scrape.value("ovs_vport_upcall_handlers", datapath=DATAPATH, port=p) == len(handlers)
             for p in served
         )
+
+
+# --- identity from OVSDB ------------------------------------------------------------------------
+
+#: external_ids keys that are not on the default allow-list: they must never become labels.
+UNLISTED_KEYS = ("sandbox", "ip_addresses", "vendor", "ip", "pod_netns")
+
+
+def identities(scrape: Scrape) -> set[Labels]:
+    return {lbls for name, lbls, _ in scrape.samples if name == "ovs_interface_info"}
+
+
+def ovsdb_health(scrape: Scrape) -> float | None:
+    return scrape.value("ovs_scrape_collector_success", collector="ovsdb")
+
+
+def scrape_until(
+    exporter: Exporter, done: Callable[[Scrape], bool], what: str, timeout: float = 60
+) -> Scrape:
+    """Scrape until ``done``; the reader follows OVSDB in the background, a scrape never waits."""
+    deadline = time.monotonic() + timeout
+    scrape = exporter.scrape()
+    while not done(scrape):
+        if time.monotonic() > deadline:
+            got = sorted(sorted(dict(lbls).items()) for lbls in identities(scrape))
+            raise AssertionError(f"no scrape within {timeout:.0f}s {what}; last identities: {got}")
+        time.sleep(0.5)
+        scrape = exporter.scrape()
+    return scrape
+
+
+def test_only_the_db_group_may_open_db_sock(ovs_host: OvsHost, host_exporter: Exporter) -> None:
+    # The permission model the exporter relies on: connect() needs write permission on the socket.
+    connect = f"import socket; socket.socket(socket.AF_UNIX).connect({str(DB_SOCK)!r})"
+
+    def as_nobody(groups: list[int]) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-S", "-c", connect],
+            user=NOBODY, group=NOBODY, extra_groups=groups, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+
+    refused = as_nobody([])
+    assert refused.returncode != 0 and "PermissionError" in refused.stderr, refused.stderr
+    allowed = as_nobody([DB_GROUP])
+    assert allowed.returncode == 0, allowed.stderr
+
+
+def test_identity_labels_equal_what_ovsdb_holds(host_nl: OvsNetlink, host_exporter: Exporter) -> None:
+    tables = ovsdb_tables()
+    want = expected_identity(tables, DEFAULT_EXTERNAL_IDS)
+    scrape = scrape_until(host_exporter, lambda s: identities(s) == want, "with OVSDB's identities")
+    assert ovsdb_health(scrape) == 1
+    assert scrape.value("ovs_scrape_collector_success", collector="kernel") == 1
+    assert scrape.value("ovs_system_info", **dict(expected_system(tables))) == 1
+
+    by_port = {dict(lbls)["port"]: dict(lbls) for lbls in identities(scrape)}
+    for g in GUESTS:
+        labels = by_port[g.port]
+        assert labels["bridge"] == g.bridge
+        for key, value in g.external_ids.items():
+            label = key.replace("-", "_")
+            if key in UNLISTED_KEYS:
+                assert label not in labels, f"{g.port}: {key} is not on the allow-list"
+            else:
+                assert labels[label] == value, (g.port, key)
+        # The join key is exactly the counters' one.
+        assert scrape.value("ovs_vport_receive_packets_total", datapath=DATAPATH, port=g.port) is not None
+    assert by_port[GENEVE_VPORT]["interface_type"] == "geneve"
+    assert by_port["br-int"]["interface_type"] == "internal"
+    # Patch ports live in userspace: identity, no kernel counters. The datapath's own port: the reverse.
+    for patch in PATCH_PORTS:
+        assert by_port[patch]["interface_type"] == "patch"
+        assert scrape.value("ovs_vport_receive_packets_total", datapath=DATAPATH, port=patch) is None
+    assert DATAPATH not in by_port
+    kernel = set(host_nl.snapshot().vports[DATAPATH])
+    assert kernel - set(by_port) == {DATAPATH}
+    assert not scrape.duplicates()
+
+
+NEWCOMER = Guest(
+    "vm-new", "tap77aa88bb-cc", "br-int", f"{SUBNET}.21", "fa:16:3e:77:88:99",
+    {"iface-id": "77aa88bb-cc11-4d22-8e33-f44556677889", "iface-status": "active",
+     "attached-mac": "fa:16:3e:77:88:99", "vm-uuid": "9a8b7c6d-5e4f-4a3b-9c2d-1e0f9a8b7c6d"},
+)  # fmt: skip
+
+
+def test_ports_added_removed_and_relabelled_show_up_in_the_next_scrapes(
+    ovs_host: OvsHost, host_exporter: Exporter
+) -> None:
+    ovs_host.add_guest(NEWCOMER)
+    # A live migration's last step: Nova flips the old port inactive (os-vif's iface-status).
+    vsctl("set", "Interface", NOVA.port, 'external_ids:"iface-status"="inactive"')
+    want = expected_identity(ovsdb_tables(), DEFAULT_EXTERNAL_IDS)
+    new_port = {"datapath": DATAPATH, "port": NEWCOMER.port}
+
+    def added(s: Scrape) -> bool:
+        return identities(s) == want and s.value("ovs_vport_receive_packets_total", **new_port) is not None
+
+    scrape = scrape_until(host_exporter, added, "with the new port and the changed external_ids")
+    by_port = {dict(lbls)["port"]: dict(lbls) for lbls in identities(scrape)}
+    assert by_port[NEWCOMER.port]["vm_uuid"] == NEWCOMER.external_ids["vm-uuid"]
+    assert by_port[NOVA.port]["iface_status"] == "inactive"
+    ping(NEWCOMER, OVNK, count=3)
+
+    ovs_host.remove_guest(NEWCOMER)
+    want = expected_identity(ovsdb_tables(), DEFAULT_EXTERNAL_IDS)
+
+    def removed(s: Scrape) -> bool:
+        return identities(s) == want and s.value("ovs_vport_receive_packets_total", **new_port) is None
+
+    scrape = scrape_until(host_exporter, removed, "without the deleted port")
+    assert NEWCOMER.port not in {dict(lbls)["port"] for lbls in identities(scrape)}
+    assert not scrape.duplicates()
+
+
+def test_ovsdb_server_killed_and_restarted(
+    ovs_host: OvsHost, host_nl: OvsNetlink, host_exporter: Exporter
+) -> None:
+    want = expected_identity(ovsdb_tables(), DEFAULT_EXTERNAL_IDS)
+    scrape = scrape_until(host_exporter, lambda s: identities(s) == want, "with identities before the kill")
+    assert ovsdb_health(scrape) == 1
+
+    ovs_host.kill_ovsdb()
+    try:
+        # Nothing stale: the identity goes as soon as the reader sees the connection die.
+        scrape = scrape_until(
+            host_exporter,
+            lambda s: not identities(s) and ovsdb_health(s) == 0,
+            "without identity once OVSDB died",
+        )
+        assert scrape.value("ovs_system_info") is None
+        # The kernel metrics are served unchanged all along, and vswitchd keeps forwarding.
+        ping(NOVA, OVNK, count=5)
+        snap, during = consistent(host_nl, host_exporter.scrape)
+        assert during.value("ovs_up") == 1
+        assert during.value("ovs_scrape_collector_success", collector="kernel") == 1
+        assert ovsdb_health(during) == 0 and not identities(during)
+        assert not diff(expected_series(snap), during.only())
+    finally:
+        ovs_host.start_ovsdb()
+
+    scrape = scrape_until(
+        host_exporter,
+        lambda s: identities(s) == want and ovsdb_health(s) == 1,
+        "with identities after the restart",
+    )
+    snap, after = consistent(host_nl, host_exporter.scrape)
+    assert not diff(expected_series(snap), after.only())
+    assert ovsdb_health(after) == 1 and identities(after) == want
+    assert "ovsdb" in host_exporter.log.read_text()
+
+
+# --- a real Prometheus over the vswitchd host -------------------------------------------------
+
+PROMETHEUS_PORT = 19091
+JOB = "ovs-vport-exporter"
+HEALTHY_ALERTS = (
+    "alert/OvsDatapathUnavailable",
+    "alert/OvsVportExporterDown",
+    "alert/OvsVportExporterScrapeSlow",
+)
+#: The lookup that alert annotations make to name the bridge and VM or pod (alerts/generate_rules.py).
+_ANNOTATION_QUERY = re.compile(r'printf "(ovs_interface_info\{[^"]*\})"')
+
+
+@pytest.fixture(scope="module")
+def host_prometheus(host_exporter: Exporter, results_dir: Path) -> Iterator[Prometheus]:
+    config = {
+        "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
+        "rule_files": [str(promql_inventory.RULES_PATH)],
+        "scrape_configs": [
+            {"job_name": JOB, "static_configs": [{"targets": [f"{MGMT_NS_IP}:{EXPORTER_PORT}"]}]}
+        ],
+    }
+    prom = Prometheus(PROMETHEUS_PORT, config, results_dir, workdir=Path("/tmp/prometheus-vswitchd"))
+    yield prom
+    prom.stop()
+
+
+def test_every_dashboard_and_alert_query_returns_data_joins_included(
+    host_prometheus: Prometheus, host_exporter: Exporter
+) -> None:
+    instance = f"{MGMT_NS_IP}:{EXPORTER_PORT}"
+    # Traffic through both bridges, new flows (upcalls) included, while Prometheus scrapes.
+    pingers = [background_ping(NOVA, OVNK), background_ping(KUBEOVN, EXT)]
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            ready = host_prometheus.query(f'count_over_time(ovs_interface_info{{job="{JOB}"}}[1m])')
+            rated = host_prometheus.query("ovs:vport_receive_packets:rate5m > 0")
+            if ready and min(float(r["value"][1]) for r in ready) >= 4 and rated:
+                break
+            time.sleep(1)
+        else:
+            pytest.fail(f"Prometheus never scraped identities and traffic: {host_prometheus.targets_up()}")
+        time.sleep(2)  # the rules evaluated over the last scrapes
+        empty, unexpected, unjoined, firing = [], [], [], []
+        for name, expr in promql_inventory.all_exprs({}):
+            result = host_prometheus.query(expr)
+            if promql_inventory.is_condition(name):
+                if name in HEALTHY_ALERTS and result:
+                    firing.append(name)
+                continue
+            if promql_inventory.only_with_trouble(name, expr):
+                continue  # recorded only for ports that drop, err or fail upcalls: none here
+            if not HAS_UPCALL_STATS and promql_inventory.needs_upcall_stats(expr):
+                if result:
+                    unexpected.append(f"{name}: {expr}")
+                continue
+            if not result:
+                empty.append(f"{name}: {expr}")
+            elif "ovs_interface_info" in expr and not any("bridge" in r["metric"] for r in result):
+                unjoined.append(f"{name}: {expr}")
+        assert not empty, "expressions without data:\n" + "\n".join(empty)
+        assert not unexpected, "upcall expressions with data on a pre-6.2 kernel:\n" + "\n".join(unexpected)
+        assert not unjoined, "joins that found no identity:\n" + "\n".join(unjoined)
+        assert not firing, f"alerts firing on a healthy host: {firing}"
+
+        # The lookup each port alert's annotations make finds the port's bridge and VM or pod.
+        lookups = {
+            query
+            for group in promql_inventory.rule_groups()
+            for rule in group["rules"]
+            for text in rule.get("annotations", {}).values()
+            for query in _ANNOTATION_QUERY.findall(text)
+        }
+        assert lookups
+        for query in lookups:
+            for g in (NOVA, OVNK, KUBEOVN):
+                filled = query.replace("%q", "{}").format(
+                    *(json.dumps(v) for v in (instance, "", DATAPATH, g.port))
+                )
+                found = host_prometheus.query(filled)
+                assert len(found) == 1 and found[0]["metric"]["bridge"] == g.bridge, (filled, found)
+                assert found[0]["metric"]["iface_id"] == g.external_ids["iface-id"]
+    finally:
+        for pinger in pingers:
+            pinger.terminate()
+            pinger.wait()

@@ -18,14 +18,17 @@ ovsdb-server, ovsdb-tool and ovs-appctl from the host's openvswitch-common.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .netns import write_sysctl
 from .procs import Process
+from .promtext import Labels
 from .topology import DpctlDatapath, ip_batch, parse_dpctl_show, sh
 
 HOST_NS = "ovs-host"
@@ -47,6 +50,7 @@ VSWITCHD_MIN_UPTIME = 11.0
 #: No IPv6: its router solicitations and MLD reports would keep counters moving.
 NO_IPV6 = {"net.ipv6.conf.all.disable_ipv6": "1", "net.ipv6.conf.default.disable_ipv6": "1"}
 SUBNET = "198.18.20"
+SYSTEM_ID = "5d8a2d52-3c1b-4d0e-9f57-0c9a8f2b1e44"
 
 
 @dataclass(frozen=True)
@@ -145,6 +149,84 @@ def vswitchd_dpctl_show() -> DpctlDatapath:
     return parse_dpctl_show(DATAPATH, appctl("dpctl/show", "-s", f"system@{DATAPATH}"))
 
 
+def ovsdb_tables() -> dict[str, list[dict[str, Any]]]:
+    """Open_vSwitch, Bridge, Port and Interface rows as ovs-vsctl reads them (one process).
+
+    A second reader of OVSDB, independent of the exporter's: the tests compare the two.
+    """
+    tables = ("Open_vSwitch", "Bridge", "Port", "Interface")
+    args = ["--format=json", "--data=json"]
+    for table in tables:
+        args += ["--", "list", table]
+    out = vsctl(*args, wait=False)
+    result: dict[str, list[dict[str, Any]]] = {}
+    for table, line in zip(tables, [line for line in out.splitlines() if line.strip()], strict=True):
+        doc = json.loads(line)
+        result[table] = [dict(zip(doc["headings"], row, strict=True)) for row in doc["data"]]
+    return result
+
+
+def _atoms(value: Any) -> list[Any]:
+    """An OVSDB set in JSON (``["set", [...]]`` or a single atom) as a list of atoms."""
+    if isinstance(value, list) and value and value[0] == "set":
+        return list(value[1])
+    return [value]
+
+
+def _map(value: Any) -> dict[str, str]:
+    return dict(value[1]) if isinstance(value, list) and value and value[0] == "map" else {}
+
+
+def _uuid(value: Any) -> str:
+    return str(value[1])
+
+
+#: What ovs_interface_info must say for a kernel vport: the OVS rules the exporter documents.
+#: A tunnel Interface is implemented by the vport ``<prefix>_<dst_port>`` (lib/netdev-vport.c).
+TUNNEL_VPORT_PREFIX = {"geneve": ("genev_sys", 6081), "vxlan": ("vxlan_sys", 4789)}
+
+
+def expected_identity(tables: dict[str, list[dict[str, Any]]], keys: tuple[str, ...]) -> set[Labels]:
+    """Every ovs_interface_info label set the exporter should serve for these OVSDB rows."""
+    interfaces = {_uuid(row["_uuid"]): row for row in tables["Interface"]}
+    ports = {_uuid(row["_uuid"]): row for row in tables["Port"]}
+    out: set[Labels] = set()
+    for bridge in tables["Bridge"]:
+        if bridge.get("datapath_type") not in ("", "system"):
+            continue
+        for port_ref in _atoms(bridge["ports"]):
+            for iface_ref in _atoms(ports[_uuid(port_ref)]["interfaces"]):
+                iface = interfaces[_uuid(iface_ref)]
+                kind = iface["type"]
+                name = iface["name"]
+                if kind in TUNNEL_VPORT_PREFIX:
+                    prefix, default = TUNNEL_VPORT_PREFIX[kind]
+                    name = f"{prefix}_{_map(iface['options']).get('dst_port', default)}"
+                labels = {"datapath": DATAPATH, "port": name, "bridge": bridge["name"]}
+                if isinstance(iface["ofport"], int):
+                    labels["ofport"] = str(iface["ofport"])
+                labels["interface_type"] = kind or "system"
+                ids = _map(iface["external_ids"])
+                for key in keys:
+                    label = key.replace("-", "_")
+                    if key in ids and label not in labels:
+                        labels[label] = ids[key]
+                out.add(frozenset(labels.items()))
+    return out
+
+
+def expected_system(tables: dict[str, list[dict[str, Any]]]) -> Labels:
+    (row,) = tables["Open_vSwitch"]
+    ids = _map(row["external_ids"])
+    values = {
+        "system_id": ids.get("system-id"),
+        "hostname": ids.get("hostname"),
+        "ovs_version": next(iter(_atoms(row["ovs_version"])), None),
+        "db_version": next(iter(_atoms(row["db_version"])), None),
+    }
+    return frozenset((k, v) for k, v in values.items() if isinstance(v, str) and v)
+
+
 def uptime() -> float:
     return float(Path("/proc/uptime").read_text().split()[0])
 
@@ -158,6 +240,13 @@ def ping(src: Guest, dst: Guest, count: int, size: int = 56, interval: float = 0
     )  # fmt: skip
     if f"{count} packets received" not in res.stdout:
         raise AssertionError(f"ping {src.netns} -> {dst.netns} lost packets: {res.stdout}{res.stderr}")
+
+
+def background_ping(src: Guest, dst: Guest, interval: float = 0.2) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        ["ip", "netns", "exec", src.netns, "busybox", "ping", "-q", "-i", str(interval), dst.ip],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
 
 
 class OvsHost:
@@ -205,7 +294,15 @@ class OvsHost:
         DB_FILE.unlink(missing_ok=True)
         sh("ovsdb-tool", "create", str(DB_FILE), str(SCHEMA))
         self.start_ovsdb()
-        vsctl("init", wait=False)
+        # As ovs-ctl does at start: the host's identity and the versions, which
+        # ovs_system_info reports.
+        version = sh("ovs-vsctl", "--version").stdout.split()[3]
+        schema_version = json.loads(SCHEMA.read_text())["version"]
+        vsctl(
+            "init", "--", "set", "Open_vSwitch", ".", f'ovs_version="{version}"', f'db_version="{schema_version}"',
+            f'external_ids:system-id="{SYSTEM_ID}"', 'external_ids:hostname="compute-0"',
+            wait=False,
+        )  # fmt: skip
         self._build_namespaces()
         time.sleep(max(0.0, VSWITCHD_MIN_UPTIME - uptime()))
         self.vswitchd = Process(
@@ -243,6 +340,33 @@ class OvsHost:
         )
         for g in GUESTS:
             ip_batch(["link set lo up", "link set eth0 up", f"addr add {g.ip}/24 dev eth0"], netns=g.netns)
+
+    def add_guest(self, g: Guest) -> None:
+        """Plug one more guest into its bridge, as a CNI or os-vif would (one ovs-vsctl call)."""
+        ip_batch([f"netns add {g.netns}"])
+        self.netns.append(g.netns)
+        write_sysctl(g.netns, NO_IPV6)
+        ip_batch(
+            [f"link add {g.port} netns {HOST_NS} type veth peer name eth0 netns {g.netns} address {g.mac}"]
+        )
+        ip_batch([f"link set {g.port} up"], netns=HOST_NS)
+        ip_batch(["link set lo up", "link set eth0 up", f"addr add {g.ip}/24 dev eth0"], netns=g.netns)
+        args = ["--", "add-port", g.bridge, g.port]
+        if g.external_ids:
+            args += ["--", "set", "Interface", g.port]
+            args += [f'external_ids:"{k}"="{v}"' for k, v in g.external_ids.items()]
+        vsctl(*args)
+
+    def remove_guest(self, g: Guest) -> None:
+        vsctl("--", "del-port", g.bridge, g.port)
+        ip_batch([f"netns del {g.netns}"])
+        self.netns.remove(g.netns)
+
+    def kill_ovsdb(self) -> None:
+        """ovsdb-server dies (SIGKILL): no goodbye to its clients."""
+        if self.ovsdb is not None:
+            self.ovsdb.proc.kill()
+            self.ovsdb.proc.wait()
 
     def stop(self) -> None:
         """Stop vswitchd removing its datapath (``exit --cleanup``), then ovsdb-server."""
