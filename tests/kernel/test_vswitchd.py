@@ -431,8 +431,9 @@ def test_every_dashboard_and_alert_query_returns_data_joins_included(
         assert lookups
         for query in lookups:
             for g in (NOVA, OVNK, KUBEOVN):
-                filled = query.replace("%q", "{}").format(
-                    *(json.dumps(v) for v in (instance, "", DATAPATH, g.port))
+                # Go's %q quotes as JSON does for these values; the query's own braces stay.
+                filled = query.replace("%q", "%s") % tuple(
+                    json.dumps(v) for v in (instance, "", DATAPATH, g.port)
                 )
                 found = host_prometheus.query(filled)
                 assert len(found) == 1 and found[0]["metric"]["bridge"] == g.bridge, (filled, found)
