@@ -381,6 +381,10 @@ def host_prometheus(host_exporter: Exporter, results_dir: Path) -> Iterator[Prom
     prom.stop()
 
 
+# A second Prometheus needs two minutes of scrapes under TCG. The kernel-independent part (the
+# joins and annotation lookups over OVSDB identity) runs on 6.12; test_prometheus.py already runs
+# every query on both kernels, 6.1's missing upcall statistics included.
+@pytest.mark.skipif(not HAS_UPCALL_STATS, reason="6.12 only, to keep CI short")
 def test_every_dashboard_and_alert_query_returns_data_joins_included(
     host_prometheus: Prometheus, host_exporter: Exporter
 ) -> None:
