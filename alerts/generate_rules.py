@@ -86,9 +86,15 @@ GROUP_PORTS = "ovs-vport-exporter.ports"
 GROUP_PORTS_IN_TROUBLE = "ovs-vport-exporter.ports-in-trouble"
 GROUP_AGGREGATES = "ovs-vport-exporter.aggregates"
 GROUP_ALERTS = "ovs-vport-exporter.alerts"
-# OVSDB identity of a port (exporter issue #10): joined on these labels to sum per bridge.
+# OVSDB identity of a port (exporter issue #10): joined on these labels to sum per bridge and
+# to name the bridge, VM or pod of a port in the dashboards. ovs_interface_info describes the
+# host's ovs-vswitchd only and has no netns label; vport series of another namespace
+# (--collector.netns) carry netns="NAME". With netns among the join labels (absent = "" on both
+# sides), only the host's own ports match, and a namespace's ovs-system port that shares a name
+# with a host port never borrows the host's identity. Should ovs_interface_info ever describe
+# another namespace's OVSDB, it would carry that namespace's netns and join its ports.
 INTERFACE_INFO = "ovs_interface_info"
-INTERFACE_JOIN = "instance, job, datapath, port"
+INTERFACE_JOIN = "instance, job, netns, datapath, port"
 # Per-datapath counters (ovs_dp_stats, ovs_dp_megaflow_stats).
 DATAPATH_COUNTERS = (
     "lookup_hits",
