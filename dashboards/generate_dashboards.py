@@ -45,6 +45,8 @@ from grafana_foundation_sdk.models.dashboard import (
     DataTransformerConfig,
     Threshold,
     ThresholdsMode,
+    ValueMap,
+    ValueMappingResult,
     VariableRefresh,
     VariableSort,
 )
@@ -62,6 +64,17 @@ DATASOURCE = DataSourceRef(type_val="prometheus", uid="${datasource}")
 NO_UPCALL_STATS = "no upcall stats (kernel < 6.2, or metric group upcalls off)"
 # The top-port trouble panels read rates recorded only while above 0.
 NO_FAILED_UPCALLS = "no port failed upcalls (none reported before kernel 6.2; needs metric group upcalls)"
+# Who is on a port, from OVSDB (the exporter's --collector.ovsdb): the labels of ovs_interface_info
+# the top-port panels add to each port. iface_id names the VM's or pod's logical port everywhere
+# (Neutron port, <namespace>_<pod>, <pod>.<namespace>); vm_uuid (os-vif) and pod_namespace and
+# pod_name (kube-ovn) name the VM or pod where the CMS writes them. docs/ovsdb.md lists who writes
+# which.
+IDENTITY_LABELS = ("bridge", "iface_id", "vm_uuid", "pod_namespace", "pod_name")
+IDENTITY_LEGEND = " ".join(f"{{{{{label}}}}}" for label in IDENTITY_LABELS)
+# What the port dashboard's identity table shows: every label of ovs_interface_info but those the
+# Vport table above it already has.
+IDENTITY_HIDDEN = ("Time", "Value", "__name__", "job", "instance", "datapath", "port")
+NO_OVSDB = "needs --collector.ovsdb"
 
 
 def _load_rules_generator() -> ModuleType:
@@ -257,7 +270,9 @@ def _datasource_variable() -> dash.DatasourceVariable:
     return dash.DatasourceVariable("datasource").label("Data source").type("prometheus")
 
 
-def _query_variable(name: str, label: str, query: str, *, multi: bool) -> dash.QueryVariable:
+def _query_variable(
+    name: str, label: str, query: str, *, multi: bool, description: str | None = None
+) -> dash.QueryVariable:
     variable = (
         dash.QueryVariable(name)
         .label(label)
@@ -266,6 +281,8 @@ def _query_variable(name: str, label: str, query: str, *, multi: bool) -> dash.Q
         .refresh(VariableRefresh.ON_TIME_RANGE_CHANGED)
         .sort(VariableSort.ALPHABETICAL_ASC)
     )
+    if description is not None:
+        variable = variable.description(description)
     if multi:
         # ".*" rather than a list of every value keeps queries short at thousands of ports.
         variable = variable.multi(True).include_all(True).all_value(".*")
@@ -312,20 +329,49 @@ def _raw_port_series(recorded: str, selector: str) -> str:
     raise KeyError(f"no per-port recording rule {recorded}")
 
 
+def with_identity(ports: str, info_selector: str) -> str:
+    """Per-port series ``ports`` with who is on each port (IDENTITY_LABELS) where OVSDB says so.
+
+    The join is done in PromQL rather than by a Grafana transformation joining a second query:
+    the top-port panels are time series, whose legends and data links read each series' labels,
+    and a transformation cannot add labels from another query to a time series. ``or on(...)``
+    the un-joined series keeps, as they are, the ports that no OVSDB Interface describes (the
+    datapath's own port, ports added by other tools) and every port of a host whose exporter
+    runs without --collector.ovsdb: an inner join alone would hide them. ovs_interface_info has
+    one series per vport, so ``group_left`` never meets two. The join labels are those of the
+    per-bridge recording rules: with ``netns`` among them a port of another namespace never
+    borrows a host port's identity.
+    """
+    on = f"on ({rules.INTERFACE_JOIN})"
+    info = f"{rules.INTERFACE_INFO}{{{info_selector}}}"
+    return f"{ports}\n* {on} group_left ({', '.join(IDENTITY_LABELS)})\n{info}\nor {on}\n{ports}"
+
+
+def ovsdb_no_data(queries: Sequence[Query], what: str) -> str:
+    """What a panel fed by OVSDB's identity shows without data: why, and the groups it needs."""
+    groups = needs(queries)
+    suffix = f"; {_needs_text(groups)}" if groups else ""
+    return f"{what} ({NO_OVSDB}{suffix})"
+
+
 def overview(limits: Thresholds) -> dash.Dashboard:
     """Every selected host and datapath; per-port panels show the top ports."""
     ids = PanelIds()
     inst = 'instance=~"$instance"'
     dp = f'{inst}, datapath=~"$datapath"'
     port = f'{dp}, port=~"$port"'
+    bridge = f'{dp}, bridge=~"$bridge"'
     job = f"{limits.job_selector}, {inst}"
     where = "{{instance}} {{datapath}}"
-    who = "{{instance}} {{datapath}} {{port}}"
+    who = f"{{{{instance}}}} {{{{datapath}}}} {{{{port}}}} {IDENTITY_LEGEND}"
 
     def top(metric: str) -> str:
+        # The top ports first, then who is on them: identity never changes which ports are shown.
         if limits.record_per_port:
-            return f"topk({TOP_N}, {metric}{{{port}}})"
-        return f"topk({TOP_N}, {_raw_port_series(metric, '{' + port + '}')})"
+            ports = f"topk({TOP_N}, {metric}{{{port}}})"
+        else:
+            ports = f"topk({TOP_N}, {_raw_port_series(metric, '{' + port + '}')})"
+        return with_identity(ports, port)
 
     board = (
         _base(
@@ -340,6 +386,16 @@ def overview(limits: Thresholds) -> dash.Dashboard:
         .with_variable(
             _query_variable(
                 "datapath", "Datapath", f"label_values(ovs_datapath_flows{{{inst}}}, datapath)", multi=True
+            )
+        )
+        .with_variable(
+            _query_variable(
+                "bridge",
+                "Bridge",
+                f"label_values({rules.INTERFACE_INFO}{{{dp}}}, bridge)",
+                multi=True,
+                description="Bridges of the Bridges row, from OVSDB (the exporter's --collector.ovsdb). "
+                "The top-port panels show every port, those OVSDB does not describe included.",
             )
         )
         .with_variable(
@@ -517,6 +573,52 @@ def overview(limits: Thresholds) -> dash.Dashboard:
         )
     )
 
+    board = board.with_row(dash.Row("Bridges").id(ids()))
+    bridge_where = "{{instance}} {{bridge}}"
+    for title, unit, pairs, summed in (
+        (
+            "Bridge traffic",
+            "pps",
+            [("receive_packets", "received"), ("transmit_packets", "transmitted")],
+            "Packets per second",
+        ),
+        (
+            "Bridge throughput",
+            "Bps",
+            [("receive_bytes", "received"), ("transmit_bytes", "transmitted")],
+            "Bytes per second",
+        ),
+        (
+            "Bridge drops, errors and failed upcalls",
+            "pps",
+            [
+                ("receive_dropped", "receive dropped"),
+                ("transmit_dropped", "transmit dropped"),
+                ("receive_errors", "receive errors"),
+                ("transmit_errors", "transmit errors"),
+                ("upcall_failures", "failed upcalls"),
+            ],
+            "Per second (failed upcalls need kernel 6.2 or later)",
+        ),
+    ):
+        queries = [
+            Query(f"{rules.bridge_rate(counter)}{{{bridge}}}", f"{bridge_where} {label}")
+            for counter, label in pairs
+        ]
+        board = board.with_panel(
+            graph(
+                ids,
+                title,
+                unit,
+                queries,
+                description=f"{summed}, summed over each bridge's ports (recording rules ovs:bridge_*), "
+                "which bridge a port is on coming from OVSDB (ovs_interface_info, the exporter's "
+                "--collector.ovsdb). Ports OVSDB does not describe count towards their datapath only.",
+                width=8,
+                no_value=ovsdb_no_data(queries, "no bridges"),
+            )
+        )
+
     board = board.with_row(dash.Row(f"Top {TOP_N} ports by traffic").id(ids()))
     for title, metric, unit in (
         ("Received packets", "ovs:vport_receive_packets:rate5m", "pps"),
@@ -530,7 +632,9 @@ def overview(limits: Thresholds) -> dash.Dashboard:
                 title,
                 unit,
                 [Query(top(metric), who)],
-                description=f"The {TOP_N} ports with the highest rate at each point in time.",
+                description=f"The {TOP_N} ports with the highest rate at each point in time, with their "
+                "bridge and VM or pod (iface_id, vm_uuid, pod_namespace, pod_name) where OVSDB describes "
+                "them (the exporter's --collector.ovsdb).",
                 port_links=True,
             )
         )
@@ -605,7 +709,8 @@ def overview(limits: Thresholds) -> dash.Dashboard:
                     if ratio
                     else "Per second, over 5 minutes."
                 )
-                + f" The {TOP_N} highest ports of each direction, among those where it is above 0.",
+                + f" The {TOP_N} highest ports of each direction, among those where it is above 0, with "
+                "their bridge and VM or pod where OVSDB describes them (--collector.ovsdb).",
                 limit=limit,
                 port_links=True,
                 no_value=no_value,
@@ -700,6 +805,55 @@ def port_detail(limits: Thresholds) -> dash.Dashboard:
                 options={"excludeByName": {"Time": True, "Value": True, "__name__": True, "job": True}},
             )
         )
+    )
+    identity = [Query(f"{rules.INTERFACE_INFO}{{{sel}}}", "")]
+    board = board.with_panel(
+        table.Panel()
+        .id(ids())
+        .title("Who is on this port (OVSDB)")
+        .description(
+            "The port's bridge, OpenFlow port number, Interface type and the allowed external_ids "
+            "(iface_id, attached_mac, vm_uuid, pod_namespace, pod_name, ...), from OVSDB's "
+            "ovs_interface_info (the exporter's --collector.ovsdb). Nothing for a port that no OVSDB "
+            "Interface describes (the datapath's own port, ports other tools added) or when the "
+            "exporter does not read OVSDB: the panel beside says which."
+        )
+        .no_value("no OVSDB row for this port (or the exporter runs without --collector.ovsdb)")
+        .datasource(DATASOURCE)
+        .unit("none")
+        .span(18)
+        .height(4)
+        .targets(_targets(identity, instant=True))
+        .with_transformation(
+            DataTransformerConfig(
+                id_val="organize", options={"excludeByName": {name: True for name in IDENTITY_HIDDEN}}
+            )
+        )
+    )
+    board = board.with_panel(
+        big_number(
+            ids,
+            "OVSDB read by the exporter",
+            "none",
+            [Query(f'ovs_scrape_collector_success{{{inst}, collector="ovsdb"}}', "{{instance}}")],
+            description="Whether the exporter serves a complete, current copy of OVSDB "
+            '(ovs_scrape_collector_success{collector="ovsdb"}): no value when it runs without '
+            "--collector.ovsdb, 0 while it has no current copy (ovsdb-server down or restarting).",
+            width=6,
+            height=4,
+            steps=[Threshold(value=None, color="red"), Threshold(value=1, color="green")],
+        )
+        .mappings(
+            [
+                ValueMap(
+                    options={
+                        "1": ValueMappingResult(text="current copy", color="green", index=0),
+                        "0": ValueMappingResult(text="no current copy", color="red", index=1),
+                    }
+                )
+            ]
+        )
+        .no_value("collector off (no --collector.ovsdb)")
     )
 
     board = board.with_row(dash.Row("Traffic").id(ids()))

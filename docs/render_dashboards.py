@@ -207,10 +207,19 @@ def draw_stat(ax: Axes, panel: dict[str, Any], series: Sequence[Series]) -> None
     if not shown:
         _no_data(ax, panel)
         return
-    steps = panel.get("fieldConfig", {}).get("defaults", {}).get("thresholds", {}).get("steps", [])
+    defaults = panel.get("fieldConfig", {}).get("defaults", {})
+    steps = defaults.get("thresholds", {}).get("steps", [])
+    # Value mappings (type "value"): the text Grafana shows instead of the number.
+    mapped = {
+        key: result.get("text", key)
+        for mapping in defaults.get("mappings") or []
+        if mapping.get("type") == "value"
+        for key, result in mapping.get("options", {}).items()
+    }
     count = len(shown)
     for index, item in enumerate(shown):
         value = item.values[-1]
+        text = mapped.get(f"{value:g}", format_value(_unit(panel), value))
         color = "#73bf69"
         for step in steps:
             if step.get("value") is None or value >= float(step["value"]):
@@ -219,11 +228,11 @@ def draw_stat(ax: Axes, panel: dict[str, Any], series: Sequence[Series]) -> None
         ax.text(
             0.5,
             y + 0.12 / count,
-            format_value(_unit(panel), value),
+            text,
             ha="center",
             va="center",
             transform=ax.transAxes,
-            fontsize=min(28, 60 / count),
+            fontsize=min(28 if text == format_value(_unit(panel), value) else 16, 60 / count),
             color=color,
             weight="bold",
         )

@@ -16,8 +16,10 @@ alert conditions return data only while the alert's condition holds, and
 expressions over the per-port upcall counters return nothing on kernels older
 than 6.2, which do not report them. Two more, which ``only_with_trouble`` and
 ``needs_ovsdb`` tell: the per-port drop, error and failed-upcall series are
-recorded only for ports where they are above 0, and the per-bridge sums need
-OVSDB's ``ovs_interface_info``. Recording-rule series (``ovs:*``) exist only
+recorded only for ports where they are above 0, and the per-bridge sums, the
+identity table and the OVSDB health need OVSDB (the exporter's
+``--collector.ovsdb``). The top-port panels join OVSDB's identity onto their
+ports but keep the ports without one (``joins_identity``): they need no OVSDB. Recording-rule series (``ovs:*``) exist only
 when Prometheus loaded the rules file and has evaluated it at least once.
 """
 
@@ -35,11 +37,12 @@ DASHBOARD_DIR = ROOT / "dashboards"
 RULES_PATH = ROOT / "alerts" / "ovs-vport-exporter.rules.yml"
 
 # What Grafana would substitute when nothing else is given: every instance,
-# datapath and port; intervals as for a 1-hour range at 15 s resolution.
+# datapath, bridge and port; intervals as for a 1-hour range at 15 s resolution.
 DEFAULT_VARIABLES: dict[str, str] = {
     "datasource": "prometheus",
     "instance": ".*",
     "datapath": ".*",
+    "bridge": ".*",
     "port": ".*",
     "__rate_interval": "1m",
     "__interval": "15s",
@@ -155,9 +158,18 @@ def only_with_trouble(name: str, expr: str) -> bool:
     )
 
 
+def joins_identity(expr: str) -> bool:
+    """True when ``expr`` adds OVSDB's identity (``ovs_interface_info``) to per-port series and
+    keeps, with ``or on(...)`` the un-joined series, the ports that have none: it returns data with
+    or without OVSDB."""
+    return "ovs_interface_info" in expr and "group_left" in expr and re.search(r"\bor on\b", expr) is not None
+
+
 def needs_ovsdb(expr: str) -> bool:
-    """True when ``expr`` reads OVSDB's identity of the ports (the per-bridge sums)."""
-    return "ovs_interface_info" in expr or "ovs:bridge_" in expr
+    """True when ``expr`` returns nothing without OVSDB (the exporter's ``--collector.ovsdb``):
+    the identity itself, the per-bridge sums, the OVSDB source's health."""
+    reads = re.search(r'\bovs_interface_info\b|\bovs_system_info\b|ovs:bridge_|collector="ovsdb"', expr)
+    return reads is not None and not joins_identity(expr)
 
 
 def is_condition(name: str) -> bool:

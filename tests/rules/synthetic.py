@@ -131,10 +131,20 @@ def synthetic_families(seed: int = 4) -> dict[str, Family]:
         add("ovs_vport_upcall_failures", "counter", key, counter([u * upcall_fail for u in upcalls]))
         info = _labels(**labels, port_no=str(index + 1), vport_type=vport_type, ifindex=str(10 + index))
         add("ovs_vport_info", "gauge", info, [1.0] * steps)
-        # OVSDB's identity of the port (the ovsdb collector), for the per-bridge sums.
-        bridge = "br-ex" if vport_type == "vxlan" else "br-int"
-        identity = _labels(**labels, bridge=bridge, iface_id=f"{port}-iface")
-        add("ovs_interface_info", "gauge", identity, [1.0] * steps)
+        # OVSDB's identity of the port (the ovsdb collector), for the per-bridge sums and the
+        # identity joins: host1 reads OVSDB, where vm1 and vm2 are VMs (os-vif) and vm3 a pod
+        # (kube-ovn), and idle0 is a port no Interface describes; host2 runs without it.
+        if instance == "host1:9310" and port != "idle0":
+            bridge = "br-ex" if vport_type == "vxlan" else "br-int"
+            who = (
+                {"pod_namespace": "default", "pod_name": f"{port}-pod"}
+                if port == "vm3"
+                else {"vm_uuid": f"{index:08d}-0000-4000-8000-000000000000"}
+                if port.startswith("vm")
+                else {}
+            )
+            identity = _labels(**labels, bridge=bridge, iface_id=f"{port}-iface", **who)
+            add("ovs_interface_info", "gauge", identity, [1.0] * steps)
 
     for instance, datapath, vports, pps in (
         ("host1:9310", "dp0", 5, 2150.0),
@@ -178,6 +188,15 @@ def synthetic_families(seed: int = 4) -> dict[str, Family]:
         add("ovs_up", "gauge", key, [ovs_up] * steps)
         add("ovs_scrape_duration_seconds", "gauge", key, wave(duration, 0.1, 600, 0))
         add("ovs_scrape_errors", "counter", key, _counter([errors] * steps))
+        # host1 reads OVSDB (--collector.ovsdb), and its copy is current.
+        for collector in ("kernel", "events", "ovsdb") if instance == "host1:9310" else ("kernel", "events"):
+            success = _labels(instance=instance, job=JOB, collector=collector)
+            add(
+                "ovs_scrape_collector_success",
+                "gauge",
+                success,
+                [ovs_up if collector == "kernel" else 1.0] * steps,
+            )
         add("process_resident_memory_bytes", "gauge", key, wave(40e6, 0.05, 900, 0))
         add("process_cpu_seconds", "counter", key, _cpu(steps, duration))
     return families

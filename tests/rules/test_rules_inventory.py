@@ -15,6 +15,7 @@ from tests.promql_inventory import (
     all_exprs,
     dashboards,
     is_condition,
+    joins_identity,
     needs_ovsdb,
     needs_upcall_stats,
     only_with_trouble,
@@ -74,6 +75,14 @@ def test_inventory_helpers() -> None:
     assert not only_with_trouble("record/ovs:vport_receive_packets:rate5m", "rate(x[5m])")
     assert not only_with_trouble("dashboard/x/1/A", "ovs:datapath_receive_dropped:rate5m")
     assert needs_ovsdb("ovs:bridge_receive_bytes:rate5m") and not needs_ovsdb("ovs_vport_info")
+    assert needs_ovsdb('ovs_scrape_collector_success{collector="ovsdb"}')
+    assert not needs_ovsdb('ovs_scrape_collector_success{collector="kernel"}')
+    # A join that keeps the ports without identity returns data without OVSDB; an inner one does not.
+    inner = "a * on (instance, job, netns, datapath, port) group_left (bridge) ovs_interface_info"
+    assert needs_ovsdb(inner) and not joins_identity(inner)
+    kept = f"{inner} or on (instance, job, netns, datapath, port) a"
+    assert joins_identity(kept) and not needs_ovsdb(kept)
+    assert any(joins_identity(expr) for _, expr in all_exprs({}))
     assert needs_upcall_stats("ovs:datapath_upcall_failures:rate5m")
     assert not needs_upcall_stats("ovs_datapath_upcall_handlers == 0")
 
