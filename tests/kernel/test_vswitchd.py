@@ -386,7 +386,7 @@ def host_prometheus(host_exporter: Exporter, results_dir: Path) -> Iterator[Prom
 # every query on both kernels, 6.1's missing upcall statistics included.
 @pytest.mark.skipif(not HAS_UPCALL_STATS, reason="6.12 only, to keep CI short")
 def test_every_dashboard_and_alert_query_returns_data_joins_included(
-    host_prometheus: Prometheus, host_exporter: Exporter
+    host_prometheus: Prometheus, host_exporter: Exporter, host_nl: OvsNetlink
 ) -> None:
     instance = f"{MGMT_NS_IP}:{EXPORTER_PORT}"
     # Traffic through both bridges, new flows (upcalls) included, while Prometheus scrapes.
@@ -423,6 +423,45 @@ def test_every_dashboard_and_alert_query_returns_data_joins_included(
         assert not unexpected, "upcall expressions with data on a pre-6.2 kernel:\n" + "\n".join(unexpected)
         assert not unjoined, "joins that found no identity:\n" + "\n".join(unjoined)
         assert not firing, f"alerts firing on a healthy host: {firing}"
+
+        # The top-port panels name who is on each port, and keep the ports OVSDB does not
+        # describe: the datapath's own port ovs-system has no Interface and no identity. Every
+        # kernel vport here is among the top 10, so each panel shows all of them.
+        vports = set(host_nl.snapshot().vports[DATAPATH])
+        assert DATAPATH in vports and len(vports) <= 10, vports
+        joins = [
+            (name, expr)
+            for name, expr in promql_inventory.all_exprs({})
+            if promql_inventory.joins_identity(expr) and not promql_inventory.only_with_trouble(name, expr)
+        ]
+        assert joins
+        for name, expr in joins:
+            shown = {r["metric"]["port"]: r["metric"] for r in host_prometheus.query(expr)}
+            assert set(shown) == vports, (name, sorted(shown), sorted(vports))
+            assert "bridge" not in shown[DATAPATH], (name, shown[DATAPATH])
+            for g in GUESTS:
+                ids = {k.replace("-", "_"): v for k, v in g.external_ids.items()}
+                want = {"bridge": g.bridge} | {
+                    k: ids[k] for k in ("iface_id", "vm_uuid", "pod_namespace", "pod_name") if k in ids
+                }
+                assert {k: shown[g.port].get(k) for k in want} == want, (name, shown[g.port])
+
+        # The port dashboard's identity panel, for one port as a Grafana user picks it.
+        picked = {"ovs-port/instance": instance, "ovs-port/datapath": DATAPATH, "ovs-port/port": NOVA.port}
+        identity = [
+            expr
+            for name, expr in promql_inventory.all_exprs(picked)
+            if name.startswith("dashboard/ovs-port/") and promql_inventory.needs_ovsdb(expr)
+        ]
+        assert identity
+        for expr in identity:
+            found = host_prometheus.query(expr)
+            assert len(found) == 1, (expr, found)
+            if "ovs_interface_info" in expr:
+                assert found[0]["metric"]["bridge"] == NOVA.bridge, (expr, found)
+                assert found[0]["metric"]["vm_uuid"] == NOVA.external_ids["vm-uuid"], (expr, found)
+            else:
+                assert float(found[0]["value"][1]) == 1, (expr, found)  # the OVSDB copy is current
 
         # The lookup each port alert's annotations make finds the port's bridge and VM or pod.
         lookups = {
