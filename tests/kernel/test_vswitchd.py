@@ -403,8 +403,11 @@ def test_every_dashboard_and_alert_query_returns_data_joins_included(
             pytest.fail(f"Prometheus never scraped identities and traffic: {host_prometheus.targets_up()}")
         time.sleep(2)  # the rules evaluated over the last scrapes
         empty, unexpected, unjoined, firing = [], [], [], []
-        for name, expr in promql_inventory.all_exprs({}):
-            result = host_prometheus.query(expr)
+        exprs = promql_inventory.all_exprs({})
+        results = {}
+        started = time.monotonic()
+        for name, expr in exprs:
+            result = results[name] = host_prometheus.query(expr)
             if promql_inventory.is_condition(name):
                 if name in HEALTHY_ALERTS and result:
                     firing.append(name)
@@ -419,6 +422,7 @@ def test_every_dashboard_and_alert_query_returns_data_joins_included(
                 empty.append(f"{name}: {expr}")
             elif "ovs_interface_info" in expr and not any("bridge" in r["metric"] for r in result):
                 unjoined.append(f"{name}: {expr}")
+        print(f"{len(exprs)} expressions queried in {time.monotonic() - started:.1f}s")
         assert not empty, "expressions without data:\n" + "\n".join(empty)
         assert not unexpected, "upcall expressions with data on a pre-6.2 kernel:\n" + "\n".join(unexpected)
         assert not unjoined, "joins that found no identity:\n" + "\n".join(unjoined)
@@ -430,13 +434,13 @@ def test_every_dashboard_and_alert_query_returns_data_joins_included(
         vports = set(host_nl.snapshot().vports[DATAPATH])
         assert DATAPATH in vports and len(vports) <= 10, vports
         joins = [
-            (name, expr)
-            for name, expr in promql_inventory.all_exprs({})
+            name
+            for name, expr in exprs
             if promql_inventory.joins_identity(expr) and not promql_inventory.only_with_trouble(name, expr)
         ]
         assert joins
-        for name, expr in joins:
-            shown = {r["metric"]["port"]: r["metric"] for r in host_prometheus.query(expr)}
+        for name in joins:
+            shown = {r["metric"]["port"]: r["metric"] for r in results[name]}
             assert set(shown) == vports, (name, sorted(shown), sorted(vports))
             assert "bridge" not in shown[DATAPATH], (name, shown[DATAPATH])
             for g in GUESTS:
