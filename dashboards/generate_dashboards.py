@@ -614,7 +614,9 @@ def overview(limits: Thresholds) -> dash.Dashboard:
                 description=f"{summed}, summed over each bridge's ports (recording rules ovs:bridge_*), "
                 "which bridge a port is on coming from OVSDB (ovs_interface_info, the exporter's "
                 "--collector.ovsdb). Ports OVSDB does not describe count towards their datapath only.",
-                width=8,
+                # The drops panel gets a line of its own: five series per bridge, and room for
+                # the text it shows without data.
+                width=24 if len(pairs) > 2 else 12,
                 no_value=ovsdb_no_data(queries, "no bridges"),
             )
         )
