@@ -15,6 +15,7 @@ import enum
 import operator
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from exporter import wire
 from exporter.model import DatapathDump
@@ -30,7 +31,7 @@ class Format(enum.Enum):
 _STATS = wire.Vport._fields.index("stats")
 _UPCALL_STATS = wire.Vport._fields.index("upcall_stats")
 # A family's values, taken out of that record of every vport that has it, in order.
-Column = Callable[[Sequence[tuple[int, ...]]], tuple[int, ...]]
+Column = Callable[[Sequence[Any]], tuple[int, ...]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -303,6 +304,7 @@ def _datapath_labels(dump: DatapathDump) -> str:
 
 
 _NAME = operator.itemgetter(wire.Vport._fields.index("name"))
+_HANDLERS = wire.Vport._fields.index("upcall_handlers")
 # Everything a vport record holds but its counters: what its ovs_vport_info line is made of.
 # Every field but the counters, so that a field added to the record is part of the key
 # before any label shows it.
@@ -370,6 +372,9 @@ class DatapathRenderer:
         previous_info, self._info = self._info, {}
         samples: list[list[bytes]] = [[] for _ in counters]
         info: list[bytes] = []
+        # ovs_vport_upcall_handlers belongs to the "upcalls" group, like the upcall counters.
+        upcalls = any(counter.name == "ovs_vport_upcalls" for counter in counters)
+        handlers: list[bytes] = []
         for dump in dumps:
             vports = dump.vports
             if not vports:
@@ -378,7 +383,13 @@ class DatapathRenderer:
             names = tuple(map(_NAME, vports))
             port_labels: list[str] = []  # escaped, made only when some text must be made
             records: dict[int, tuple[_Counters, list[tuple[int, ...]], tuple[int, ...] | None]] = {}
-            for out, counter in zip(samples, counters, strict=True):
+            # A vport's upcall PIDs only matter in per-vport dispatch mode: the gauge is left out
+            # elsewhere rather than read wrongly (a family of the datapath's handler counts).
+            families = counters
+            if upcalls and dump.datapath.per_cpu_dispatch is False:
+                families = (*counters, _UPCALL_HANDLERS_GAUGE)
+            for i, counter in enumerate(families):
+                out = samples[i] if i < len(samples) else handlers
                 group = records.get(counter.record)
                 if group is None:
                     present = list(map(operator.itemgetter(counter.record), vports))
@@ -400,7 +411,7 @@ class DatapathRenderer:
                     port_labels = port_labels or _port_labels(dp, names)
                     chosen = port_labels if kept is None else [port_labels[i] for i in kept]
                     template = cached.templates[counter.name] = _sample_template(
-                        counter.name + "_total", chosen
+                        counter.name if counter is _UPCALL_HANDLERS_GAUGE else counter.name + "_total", chosen
                     )
                 out.append(template % counter.column(present))
             if vport_info:
@@ -432,9 +443,12 @@ class DatapathRenderer:
             if dp_lines:
                 body.append(family_header(metric.name, metric.kind, metric.help, fmt).encode())
                 body.append("".join(dp_lines).encode())
-        # ovs_vport_upcall_handlers belongs to the "upcalls" group, like the upcall counters.
-        upcalls = any(counter.name == "ovs_vport_upcalls" for counter in counters)
-        body.extend(chunk.encode() for chunk in render_upcall_dispatch(dumps, fmt, upcalls))
+        body.extend(chunk.encode() for chunk in render_upcall_dispatch(dumps, fmt, vport_handlers=False))
+        if handlers:
+            body.append(
+                family_header(VPORT_UPCALL_HANDLERS[0], "gauge", VPORT_UPCALL_HANDLERS[1], fmt).encode()
+            )
+            body.extend(handlers)
         return body
 
 
@@ -478,6 +492,17 @@ VPORT_UPCALL_HANDLERS = (
     "ovs_vport_upcall_handlers",
     "Netlink sockets receiving this vport's upcalls in per-vport dispatch mode: distinct non-zero PIDs"
     " of OVS_VPORT_ATTR_UPCALL_PID, 0 when none (every miss on the port is then lost).",
+)
+
+
+def _handler_counts(records: Sequence[int]) -> tuple[int, ...]:
+    return tuple(records)  # the records are the handler counts themselves
+
+
+# The vport gauge of the upcalls group, written like a counter family (one cached template per
+# datapath, filled with the handler counts of this scrape's records): its record is the count.
+_UPCALL_HANDLERS_GAUGE = VportCounter(
+    VPORT_UPCALL_HANDLERS[0], VPORT_UPCALL_HANDLERS[1], _HANDLERS, _handler_counts
 )
 
 

@@ -12,10 +12,14 @@ a generic attribute-class decoder costs 6-30x more per vport.
 
 from __future__ import annotations
 
+import functools
+import operator
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import NamedTuple
+from itertools import repeat
+from operator import add
+from typing import Any, NamedTuple
 
 # --- netlink.h -------------------------------------------------------------
 
@@ -246,9 +250,8 @@ class Message(NamedTuple):
     end: int  # offset just past the message (not padded)
 
 
-def iter_messages(buf: bytes) -> Iterator[Message]:
-    """Split one datagram into netlink messages, checking every length."""
-    pos = 0
+def iter_messages(buf: bytes, pos: int = 0) -> Iterator[Message]:
+    """Split one datagram into netlink messages (from offset ``pos``), checking every length."""
     total = len(buf)
     while pos < total:
         if total - pos < _NLMSGHDR.size:
@@ -507,6 +510,307 @@ def decode_vport(buf: bytes, message: Message) -> Vport:
         Vport,
         (dp_ifindex, port_no, vtype, name, ifindex, netnsid, stats, upcall, dst_port, extension, handlers),
     )
+
+
+# --- Dumps of many vports: a cache keyed on the bytes the kernel sent ------------------------------
+
+# Where a vport message's cache key starts and ends: from the genetlink header (past the nlmsghdr,
+# whose sequence number changes every dump) through dp_ifindex, PORT_NO, TYPE and NAME's header
+# (length and type) in the kernel's usual order. Fixed-size, so the key is one slice.
+_KEY_START = _NLMSGHDR.size
+_KEY_END = _HEADERS_LEN + 8 + 8 + 4
+# The counters a vport message carries, as a layout entry records where they are.
+_STATS_COUNTERS = "8Q"
+_UPCALL_COUNTER = "Q"
+
+
+@functools.lru_cache(maxsize=512)
+def _layout_struct(fmt: str) -> struct.Struct:
+    """One Struct per distinct layout (few: they differ by name length and attributes present)."""
+    return struct.Struct(fmt)
+
+
+def _counter_offsets(buf: bytes, start: int, end: int) -> tuple[int, int, int] | None:
+    """Where decode_vport took this message's counters from: STATS, upcall SUCCESS and FAIL payloads.
+
+    Offsets from the message start, 0 for a counter the message does not carry. The last
+    attribute of a type wins, as in decode_vport. None when a counter lies in the key (an
+    order no kernel writes): such a message is decoded afresh every time. Only called on a
+    message decode_vport has just accepted, so every length is already checked.
+    """
+    stats = success = fail = 0
+    for atype, astart, aend in _iter_attrs(buf, start + _HEADERS_LEN, end, "vport"):
+        if atype == OVS_VPORT_ATTR_STATS:
+            stats = astart - start
+        elif atype == OVS_VPORT_ATTR_UPCALL_STATS:
+            success = fail = 0
+            for utype, ustart, _uend in _iter_attrs(buf, astart, aend, "vport UPCALL_STATS"):
+                if utype == OVS_VPORT_UPCALL_ATTR_SUCCESS:
+                    success = ustart - start
+                elif utype == OVS_VPORT_UPCALL_ATTR_FAIL:
+                    fail = ustart - start
+    if any(0 < offset < _KEY_END for offset in (stats, success, fail)):
+        return None
+    return stats, success, fail
+
+
+# A cache entry: the message length; the Struct that unpacks the message from _KEY_END to its
+# end as its fixed byte runs and its counters, alternately; the indexes of the fixed runs in
+# that unpack and their bytes; where the STATS and upcall SUCCESS and FAIL counters are in it
+# (0: not in this message); the record's fields before and after its two counter fields; and,
+# for a datagram's run (_make_run), the Struct's format, the fixed runs' indexes and its field count.
+_Entry = tuple[
+    int,
+    Callable[[bytes, int], tuple[Any, ...]],
+    Callable[[tuple[Any, ...]], object],
+    object,
+    int,
+    int,
+    int,
+    tuple[Any, ...],
+    tuple[Any, ...],
+    str,
+    tuple[int, ...],
+    int,
+]
+
+
+def _make_entry(buf: bytes, start: int, end: int, record: Vport) -> _Entry | None:
+    """What a later message with the same bytes but its counters needs to be decoded from."""
+    offsets = _counter_offsets(buf, start, end)
+    if offsets is None:
+        return None
+    stats, success, fail = offsets
+    present = ((stats, 64, _STATS_COUNTERS), (success, 8, _UPCALL_COUNTER), (fail, 8, _UPCALL_COUNTER))
+    counters = sorted(counter for counter in present if counter[0])
+    fmt = ""
+    fixed: list[int] = []  # indexes of the fixed runs in the unpacked tuple
+    where: dict[int, int] = {}  # counter offset -> its index in the unpacked tuple
+    pos = _KEY_END
+    index = 0
+    for offset, width, counter_fmt in counters:
+        fmt += f"{offset - pos}s{counter_fmt}"
+        fixed.append(index)
+        where[offset] = index + 1
+        index += 1 + (8 if counter_fmt == _STATS_COUNTERS else 1)
+        pos = offset + width
+    fmt += f"{end - start - pos}s"
+    fixed.append(index)
+    layout = _layout_struct("=" + fmt)
+    fixed_of = operator.itemgetter(*fixed)
+    unpacked = layout.unpack_from(buf, start + _KEY_END)
+    return (
+        end - start,
+        layout.unpack_from,
+        fixed_of,
+        fixed_of(unpacked),
+        where.get(stats, 0),
+        where.get(success, 0),
+        where.get(fail, 0),
+        record[:_RECORD_STATS],
+        record[_RECORD_UPCALL_STATS + 1 :],
+        fmt,
+        tuple(fixed),
+        index + 1,
+    )
+
+
+# A datagram's run: its length; where the run of vport messages ends; one Struct unpacking every
+# message of the run (header fields, key, fixed runs and counters); the indexes of everything but
+# the sequence numbers and counters, and their values; the indexes of the sequence numbers and
+# how many; per message, the slice of its STATS and the indexes of its upcall SUCCESS and FAIL
+# (empty when no message has upcall statistics); the records' heads and tails; and the messages'
+# (key, entry) pairs, for the next scrape's per-message cache.
+_Run = tuple[
+    int,
+    int,
+    Callable[[bytes, int], tuple[Any, ...]],
+    Callable[[tuple[Any, ...]], object],
+    object,
+    Callable[[tuple[Any, ...]], tuple[int, ...]],
+    int,
+    list[slice],
+    list[int],
+    list[int],
+    list[tuple[Any, ...]],
+    list[tuple[Any, ...]],
+    list[tuple[bytes, _Entry]],
+]
+_MESSAGE_HEAD = "IHHII28s"  # nlmsghdr (len, type, flags, seq, pid), then the key
+_MESSAGE_HEAD_FIELDS = 6
+_SEQ_FIELD = 3
+
+
+def _make_run(buf: bytes, covered: int, made: list[tuple[int, bytes, _Entry]]) -> _Run | None:
+    """A datagram's run of vport messages, each with its entry, as one unpack (see decode_run)."""
+    with_upcalls = bool(made[0][2][5])
+    if any(not entry[4] or bool(entry[5]) != with_upcalls for _pos, _key, entry in made):
+        return None  # a message without STATS, or upcall statistics in some only: message by message
+    fmt = "="
+    fixed: list[int] = []
+    seqs: list[int] = []
+    stats: list[slice] = []
+    success: list[int] = []
+    fail: list[int] = []
+    index = 0
+    for i, (pos, _key, entry) in enumerate(made):
+        length = entry[0]
+        following = made[i + 1][0] if i + 1 < len(made) else covered
+        fmt += f"{_MESSAGE_HEAD}{entry[9]}{following - pos - length}x"
+        fixed += [index + j for j in range(_MESSAGE_HEAD_FIELDS) if j != _SEQ_FIELD]
+        seqs.append(index + _SEQ_FIELD)
+        body = index + _MESSAGE_HEAD_FIELDS
+        fixed += [body + j for j in entry[10]]
+        stats.append(slice(body + entry[4], body + entry[4] + 8))
+        if with_upcalls:
+            success.append(body + entry[5])
+            fail.append(body + entry[6])
+        index = body + entry[11]
+    layout = struct.Struct(fmt)
+    fixed_of = operator.itemgetter(*fixed)
+    return (
+        len(buf),
+        covered,
+        layout.unpack_from,
+        fixed_of,
+        fixed_of(layout.unpack_from(buf, 0)),
+        operator.itemgetter(*seqs),
+        len(seqs),
+        stats,
+        success,
+        fail,
+        [entry[7] for _pos, _key, entry in made],
+        [entry[8] for _pos, _key, entry in made],
+        [(key, entry) for _pos, key, entry in made],
+    )
+
+
+_RECORD_STATS = Vport._fields.index("stats")
+_RECORD_UPCALL_STATS = Vport._fields.index("upcall_stats")
+assert _RECORD_UPCALL_STATS == _RECORD_STATS + 1  # the hit path rebuilds a record as head, 2, tail
+
+
+class VportDecoder:
+    """``decode_vport`` over whole dumps, reusing what it decoded of each port that did not change.
+
+    Between two scrapes most of a vport message is the same bytes: its dp_ifindex, port
+    number, type, name, ifindex, netnsid, options and upcall PIDs. Only its counters (the
+    STATS payload and upcall SUCCESS and FAIL values) move. A message whose every byte but
+    those counters (and the nlmsghdr's sequence number, flags and pid, which decode_vport
+    does not read) equals a message of the last scrape is given the record decoded from that
+    message, with the counters read from this message's own bytes at the offsets decode_vport
+    read them from. Everything else is decoded by decode_vport itself. The key and the check
+    are the kernel's bytes, never a time or a sequence number: a change of any attribute is a
+    miss, and no counter value is ever taken from an earlier dump.
+
+    Bounded: a scrape keeps only the entries of the messages it saw (``new_scrape``), so
+    ports that went away are let go. Not thread-safe: one source reads at a time.
+    """
+
+    __slots__ = ("_current", "_previous", "_runs_current", "_runs_previous")
+
+    def __init__(self) -> None:
+        self._previous: dict[bytes, _Entry] = {}
+        self._current: dict[bytes, _Entry] = {}
+        # Whole datagrams of vport messages, by the key of their first message.
+        self._runs_previous: dict[bytes, _Run] = {}
+        self._runs_current: dict[bytes, _Run] = {}
+
+    def new_scrape(self) -> None:
+        """Start a scrape: what the last one saw can be reused, anything older is dropped."""
+        self._previous, self._current = self._current, {}
+        self._runs_previous, self._runs_current = self._runs_current, {}
+
+    def __len__(self) -> int:
+        return len(self._current)
+
+    def decode_run(self, buf: bytes, pos: int, seq: int, family: int, records: list[Vport]) -> int:
+        """Decode the messages of ``family`` and ``seq`` from ``pos`` on into ``records``.
+
+        Messages of another sequence number (late replies to an earlier request) are
+        skipped. Returns the offset of the first message of this ``seq`` that is of
+        another type (NLMSG_DONE, an error: for the caller), or the datagram's length.
+        Raises DecodeError as iter_messages and decode_vport do.
+        """
+        total = len(buf)
+        if pos == 0:
+            # The whole datagram the same as one of the last scrape, counters aside: one unpack.
+            run = self._runs_previous.get(buf[_KEY_START:_KEY_END])
+            if run is not None and run[0] == total:
+                pos = self._decode_whole_run(run, buf, seq, records)
+        # What this datagram's run would be made of, when it starts here and every message has
+        # an entry: (offset, key, entry) of each message.
+        made: list[tuple[int, bytes, _Entry]] | None = [] if pos == 0 else None
+        unpack_header = _NLMSGHDR.unpack_from
+        previous = self._previous
+        current = self._current
+        while pos < total:
+            if total - pos < _NLMSGHDR.size:
+                raise DecodeError(f"truncated netlink header at offset {pos}: {total - pos} bytes left")
+            length, mtype, _flags, mseq, _pid = unpack_header(buf, pos)
+            if length < _NLMSGHDR.size or pos + length > total:
+                raise DecodeError(
+                    f"netlink message at offset {pos} claims {length} bytes, {total - pos} available"
+                )
+            if mseq != seq:
+                made = None
+            else:
+                if mtype != family:
+                    break
+                key = buf[pos + _KEY_START : pos + _KEY_END]
+                entry = previous.get(key)
+                if entry is not None and entry[0] == length:
+                    (_length, unpack, fixed_of, fixed, at_stats, at_success, at_fail, head, tail,
+                     _fmt, _fixed, _fields) = entry  # fmt: skip
+                    values = unpack(buf, pos + _KEY_END)
+                    if fixed_of(values) == fixed:
+                        stats = _new_tuple(VportStats, values[at_stats : at_stats + 8]) if at_stats else None
+                        upcall = None
+                        if at_success:
+                            upcall = _new_tuple(UpcallStats, (values[at_success], values[at_fail]))
+                        records.append(_new_tuple(Vport, (*head, stats, upcall, *tail)))
+                        current[key] = entry
+                        if made is not None:
+                            made.append((pos, key, entry))
+                        pos += (length + 3) & ~3
+                        continue
+                end = pos + length
+                record = decode_vport(buf, _new_tuple(Message, (mtype, _flags, mseq, pos, end)))
+                records.append(record)
+                entry = _make_entry(buf, pos, end, record) if length >= _KEY_END else None
+                if entry is None:
+                    made = None
+                else:
+                    current[key] = entry
+                    if made is not None:
+                        made.append((pos, key, entry))
+            pos += (length + 3) & ~3
+        if made is not None and len(made) > 1:
+            run = _make_run(buf, min(pos, total), made)
+            if run is not None:
+                self._runs_current[made[0][1]] = run
+        return min(pos, total)
+
+    def _decode_whole_run(self, run: _Run, buf: bytes, seq: int, records: list[Vport]) -> int:
+        """The records of a datagram's run, if only its counters changed: where the run ends, else 0."""
+        (_total, covered, unpack, fixed_of, fixed, seqs_of, count, stats, success, fail, heads, tails,
+         pairs) = run  # fmt: skip
+        values = unpack(buf, 0)
+        if fixed_of(values) != fixed or seqs_of(values).count(seq) != count:
+            return 0
+        # C loops only: no Python code runs per vport.
+        got = values.__getitem__
+        all_stats = map(_new_tuple, repeat(VportStats), map(got, stats))
+        upcalls = (
+            map(_new_tuple, repeat(UpcallStats), zip(map(got, success), map(got, fail), strict=True))
+            if success
+            else repeat(None)
+        )
+        heads_and_counters = map(add, heads, zip(all_stats, upcalls, strict=False))  # upcalls may be endless
+        records.extend(map(_new_tuple, repeat(Vport), map(add, heads_and_counters, tails)))
+        self._current.update(pairs)
+        self._runs_current[pairs[0][0]] = run
+        return covered
 
 
 # --- Notifications: generic netlink's controller (nlctrl) and the OVS multicast groups -------------
