@@ -525,9 +525,12 @@ _UPCALL_COUNTER = "Q"
 
 
 @functools.lru_cache(maxsize=512)
-def _layout_struct(fmt: str) -> struct.Struct:
-    """One Struct per distinct layout (few: they differ by name length and attributes present)."""
-    return struct.Struct(fmt)
+def _layout(
+    fmt: str, fixed: tuple[int, ...]
+) -> tuple[Callable[[bytes, int], tuple[Any, ...]], Callable[[tuple[Any, ...]], object]]:
+    """The unpack and the fixed runs' getter of a layout, shared by every message of that layout
+    (few: layouts differ by name length and the attributes present)."""
+    return struct.Struct("=" + fmt).unpack_from, operator.itemgetter(*fixed)
 
 
 def _counter_offsets(buf: bytes, start: int, end: int) -> tuple[int, int, int] | None:
@@ -554,11 +557,11 @@ def _counter_offsets(buf: bytes, start: int, end: int) -> tuple[int, int, int] |
     return stats, success, fail
 
 
-# A cache entry: the message length; the Struct that unpacks the message from _KEY_END to its
-# end as its fixed byte runs and its counters, alternately; the indexes of the fixed runs in
-# that unpack and their bytes; where the STATS and upcall SUCCESS and FAIL counters are in it
-# (0: not in this message); the record's fields before and after its two counter fields; and,
-# for a datagram's run (_make_run), the Struct's format, the fixed runs' indexes and its field count.
+# A cache entry: the message length; the unpack of the message from _KEY_END to its end as its
+# fixed byte runs and its counters, alternately; the getter of the fixed runs in that unpack and
+# their bytes; where the STATS and upcall SUCCESS and FAIL counters are in it (0: not in this
+# message); the record's fields before and after its two counter fields; and, for a datagram's
+# run (_make_run), the lengths of the fixed runs and which counters follow each.
 _Entry = tuple[
     int,
     Callable[[bytes, int], tuple[Any, ...]],
@@ -569,10 +572,10 @@ _Entry = tuple[
     int,
     tuple[Any, ...],
     tuple[Any, ...],
-    str,
     tuple[int, ...],
-    int,
 ]
+# The counters of a usual message, in the kernel's order: what a datagram's run is made of.
+_USUAL_SHAPES = ((_STATS_COUNTERS, _UPCALL_COUNTER, _UPCALL_COUNTER), (_STATS_COUNTERS,))
 
 
 def _make_entry(buf: bytes, start: int, end: int, record: Vport) -> _Entry | None:
@@ -585,104 +588,106 @@ def _make_entry(buf: bytes, start: int, end: int, record: Vport) -> _Entry | Non
     counters = sorted(counter for counter in present if counter[0])
     fmt = ""
     fixed: list[int] = []  # indexes of the fixed runs in the unpacked tuple
+    runs: list[int] = []  # their lengths
     where: dict[int, int] = {}  # counter offset -> its index in the unpacked tuple
     pos = _KEY_END
     index = 0
     for offset, width, counter_fmt in counters:
         fmt += f"{offset - pos}s{counter_fmt}"
         fixed.append(index)
+        runs.append(offset - pos)
         where[offset] = index + 1
         index += 1 + (8 if counter_fmt == _STATS_COUNTERS else 1)
         pos = offset + width
     fmt += f"{end - start - pos}s"
     fixed.append(index)
-    layout = _layout_struct("=" + fmt)
-    fixed_of = operator.itemgetter(*fixed)
-    unpacked = layout.unpack_from(buf, start + _KEY_END)
+    runs.append(end - start - pos)
+    unpack, fixed_of = _layout(fmt, tuple(fixed))
+    # A shape a datagram's run can hold, else no lengths: (STATS, SUCCESS, FAIL) or (STATS,).
+    shape = tuple(counter_fmt for _offset, _width, counter_fmt in counters)
+    usual = (shape == _USUAL_SHAPES[0] and stats < success < fail) or shape == _USUAL_SHAPES[1]
     return (
         end - start,
-        layout.unpack_from,
+        unpack,
         fixed_of,
-        fixed_of(unpacked),
+        fixed_of(unpack(buf, start + _KEY_END)),
         where.get(stats, 0),
         where.get(success, 0),
         where.get(fail, 0),
         record[:_RECORD_STATS],
         record[_RECORD_UPCALL_STATS + 1 :],
-        fmt,
-        tuple(fixed),
-        index + 1,
+        tuple(runs) if usual else (),
     )
 
 
-# A datagram's run: its length; where the run of vport messages ends; one Struct unpacking every
-# message of the run (header fields, key, fixed runs and counters); the indexes of everything but
-# the sequence numbers and counters, and their values; the indexes of the sequence numbers and
-# how many; per message, the slice of its STATS and the indexes of its upcall SUCCESS and FAIL
-# (empty when no message has upcall statistics); the records' heads and tails; and the messages'
-# (key, entry) pairs, for the next scrape's per-message cache.
+# A datagram's run: its length; where its run of vport messages ends; one unpack of the whole run;
+# how many fields each message has in it; where the fixed runs, the sequence number and the
+# counters of the first message are (the others follow every block of fields: strided slices
+# read them all in C); how many messages; the fixed bytes, joined; the records' heads and tails;
+# and the messages' keys and entries, for the next scrape's per-message cache.
 _Run = tuple[
     int,
     int,
     Callable[[bytes, int], tuple[Any, ...]],
-    Callable[[tuple[Any, ...]], object],
-    object,
-    Callable[[tuple[Any, ...]], tuple[int, ...]],
     int,
-    list[slice],
-    list[int],
-    list[int],
+    tuple[int, ...],
+    int,
+    int,
+    int,
+    int,
+    bytes,
     list[tuple[Any, ...]],
     list[tuple[Any, ...]],
-    list[tuple[bytes, _Entry]],
+    list[bytes],
+    list[_Entry],
 ]
-_MESSAGE_HEAD = "IHHII28s"  # nlmsghdr (len, type, flags, seq, pid), then the key
-_MESSAGE_HEAD_FIELDS = 6
-_SEQ_FIELD = 3
+# Before each message's first fixed run: its sequence number. Its first fixed run starts at the
+# pid (the key and the bytes up to STATS follow); its last one ends with the next message's
+# length, type and flags. The first message's length, type and flags lead the unpack.
+_LEAD = 8
 
 
 def _make_run(buf: bytes, covered: int, made: list[tuple[int, bytes, _Entry]]) -> _Run | None:
     """A datagram's run of vport messages, each with its entry, as one unpack (see decode_run)."""
-    with_upcalls = bool(made[0][2][5])
-    if any(not entry[4] or bool(entry[5]) != with_upcalls for _pos, _key, entry in made):
-        return None  # a message without STATS, or upcall statistics in some only: message by message
-    fmt = "="
-    fixed: list[int] = []
-    seqs: list[int] = []
-    stats: list[slice] = []
-    success: list[int] = []
-    fail: list[int] = []
-    index = 0
+    shape = len(made[0][2][9])
+    if not shape or any(len(entry[9]) != shape for _pos, _key, entry in made):
+        return None  # a message of another shape (no STATS; upcall statistics in some only)
+    fmt = f"={_LEAD}s"
     for i, (pos, _key, entry) in enumerate(made):
-        length = entry[0]
-        following = made[i + 1][0] if i + 1 < len(made) else covered
-        fmt += f"{_MESSAGE_HEAD}{entry[9]}{following - pos - length}x"
-        fixed += [index + j for j in range(_MESSAGE_HEAD_FIELDS) if j != _SEQ_FIELD]
-        seqs.append(index + _SEQ_FIELD)
-        body = index + _MESSAGE_HEAD_FIELDS
-        fixed += [body + j for j in entry[10]]
-        stats.append(slice(body + entry[4], body + entry[4] + 8))
-        if with_upcalls:
-            success.append(body + entry[5])
-            fail.append(body + entry[6])
-        index = body + entry[11]
-    layout = struct.Struct(fmt)
-    fixed_of = operator.itemgetter(*fixed)
+        runs = entry[9]
+        following = made[i + 1][0] + _LEAD if i + 1 < len(made) else covered
+        first = _NLMSGHDR.size - 12 + (_KEY_END - _KEY_START) + runs[0]  # pid, key, up to STATS
+        last = runs[-1] + following - (pos + entry[0])
+        if shape == 3:
+            fmt += f"I{first}s8Q{runs[1]}sQ{runs[2]}sQ{last}s"
+        else:
+            fmt += f"I{first}s8Q{last}s"
+    block = 15 if shape == 3 else 11
+    # In each block: seq, fixed, 8 stats, [fixed, success, fixed, fail,] fixed.
+    fixed = (2, 11, 13, 15) if shape == 3 else (2, 11)
+    unpack = struct.Struct(fmt).unpack_from
+    values = unpack(buf, 0)
     return (
         len(buf),
         covered,
-        layout.unpack_from,
-        fixed_of,
-        fixed_of(layout.unpack_from(buf, 0)),
-        operator.itemgetter(*seqs),
-        len(seqs),
-        stats,
-        success,
-        fail,
+        unpack,
+        block,
+        fixed,
+        1,
+        3,
+        12 if shape == 3 else 0,
+        14 if shape == 3 else 0,
+        _joined_fixed(values, block, fixed),
         [entry[7] for _pos, _key, entry in made],
         [entry[8] for _pos, _key, entry in made],
-        [(key, entry) for _pos, key, entry in made],
+        [key for _pos, key, _entry in made],
+        [entry for _pos, _key, entry in made],
     )
+
+
+def _joined_fixed(values: tuple[Any, ...], block: int, fixed: tuple[int, ...]) -> bytes:
+    """Every fixed run of a datagram's unpack, joined (each run's length is in the format)."""
+    return values[0] + b"".join(b"".join(values[start::block]) for start in fixed)  # type: ignore[no-any-return]
 
 
 _RECORD_STATS = Vport._fields.index("stats")
@@ -760,8 +765,7 @@ class VportDecoder:
                 key = buf[pos + _KEY_START : pos + _KEY_END]
                 entry = previous.get(key)
                 if entry is not None and entry[0] == length:
-                    (_length, unpack, fixed_of, fixed, at_stats, at_success, at_fail, head, tail,
-                     _fmt, _fixed, _fields) = entry  # fmt: skip
+                    _length, unpack, fixed_of, fixed, at_stats, at_success, at_fail, head, tail, _runs = entry
                     values = unpack(buf, pos + _KEY_END)
                     if fixed_of(values) == fixed:
                         stats = _new_tuple(VportStats, values[at_stats : at_stats + 8]) if at_stats else None
@@ -793,23 +797,30 @@ class VportDecoder:
 
     def _decode_whole_run(self, run: _Run, buf: bytes, seq: int, records: list[Vport]) -> int:
         """The records of a datagram's run, if only its counters changed: where the run ends, else 0."""
-        (_total, covered, unpack, fixed_of, fixed, seqs_of, count, stats, success, fail, heads, tails,
-         pairs) = run  # fmt: skip
+        (_total, covered, unpack, block, fixed, at_seq, at_stats, at_success, at_fail, joined, heads, tails,
+         keys, entries) = run  # fmt: skip
         values = unpack(buf, 0)
-        if fixed_of(values) != fixed or seqs_of(values).count(seq) != count:
+        if values[at_seq::block].count(seq) != len(heads) or _joined_fixed(values, block, fixed) != joined:
             return 0
         # C loops only: no Python code runs per vport.
-        got = values.__getitem__
-        all_stats = map(_new_tuple, repeat(VportStats), map(got, stats))
+        all_stats = map(
+            _new_tuple,
+            repeat(VportStats),
+            zip(*(values[at_stats + i :: block] for i in range(8)), strict=True),
+        )
         upcalls = (
-            map(_new_tuple, repeat(UpcallStats), zip(map(got, success), map(got, fail), strict=True))
-            if success
+            map(
+                _new_tuple,
+                repeat(UpcallStats),
+                zip(values[at_success::block], values[at_fail::block], strict=True),
+            )
+            if at_success
             else repeat(None)
         )
         heads_and_counters = map(add, heads, zip(all_stats, upcalls, strict=False))  # upcalls may be endless
         records.extend(map(_new_tuple, repeat(Vport), map(add, heads_and_counters, tails)))
-        self._current.update(pairs)
-        self._runs_current[pairs[0][0]] = run
+        self._current.update(zip(keys, entries, strict=True))
+        self._runs_current[keys[0]] = run
         return covered
 
 
