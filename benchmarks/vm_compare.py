@@ -112,8 +112,10 @@ class BareDecode(RawDump):
                     return len(vports)
                 if mtype == wire.NLMSG_ERROR:
                     raise OSError("dump failed")
-                if mtype == family:
+                if mtype == family == self.families[1]:  # the datapath dump is only received
                     vports.append(_attrs(data, pos + 24, pos + length))
+                elif mtype == family:
+                    vports.append({})
                 pos += (length + 3) & ~3
 
 
@@ -121,6 +123,8 @@ def _attrs(data: bytes, pos: int, end: int) -> dict[int, object]:
     attrs: dict[int, object] = {}
     while pos + 4 <= end:
         alen, atype = struct.unpack_from("=HH", data, pos)
+        if alen < 4:
+            raise ValueError(f"attribute of {alen} bytes at offset {pos}")  # would never advance
         atype &= wire.NLA_TYPE_MASK
         value = data[pos + 4 : pos + alen]
         if atype == wire.OVS_VPORT_ATTR_NAME:

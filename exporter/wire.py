@@ -649,6 +649,7 @@ _LEAD = 8
 
 def _make_run(buf: bytes, covered: int, made: list[tuple[int, bytes, _Entry]]) -> _Run | None:
     """A datagram's run of vport messages, each with its entry, as one unpack (see decode_run)."""
+    # Fixed runs per message: 4 around STATS, SUCCESS and FAIL; 2 around STATS alone (before 6.2).
     shape = len(made[0][2][9])
     if not shape or any(len(entry[9]) != shape for _pos, _key, entry in made):
         return None  # a message of another shape (no STATS; upcall statistics in some only)
@@ -658,13 +659,13 @@ def _make_run(buf: bytes, covered: int, made: list[tuple[int, bytes, _Entry]]) -
         following = made[i + 1][0] + _LEAD if i + 1 < len(made) else covered
         first = _NLMSGHDR.size - 12 + (_KEY_END - _KEY_START) + runs[0]  # pid, key, up to STATS
         last = runs[-1] + following - (pos + entry[0])
-        if shape == 3:
+        if shape == 4:
             fmt += f"I{first}s8Q{runs[1]}sQ{runs[2]}sQ{last}s"
         else:
             fmt += f"I{first}s8Q{last}s"
-    block = 15 if shape == 3 else 11
+    block = 15 if shape == 4 else 11
     # In each block: seq, fixed, 8 stats, [fixed, success, fixed, fail,] fixed.
-    fixed = (2, 11, 13, 15) if shape == 3 else (2, 11)
+    fixed = (2, 11, 13, 15) if shape == 4 else (2, 11)
     unpack = struct.Struct(fmt).unpack_from
     values = unpack(buf, 0)
     return (
@@ -675,8 +676,8 @@ def _make_run(buf: bytes, covered: int, made: list[tuple[int, bytes, _Entry]]) -
         fixed,
         1,
         3,
-        12 if shape == 3 else 0,
-        14 if shape == 3 else 0,
+        12 if shape == 4 else 0,
+        14 if shape == 4 else 0,
         _joined_fixed(values, block, fixed),
         [entry[7] for _pos, _key, entry in made],
         [entry[8] for _pos, _key, entry in made],
@@ -712,7 +713,7 @@ class VportDecoder:
     ports that went away are let go. Not thread-safe: one source reads at a time.
     """
 
-    __slots__ = ("_current", "_previous", "_runs_current", "_runs_previous")
+    __slots__ = ("_current", "_previous", "_runs_current", "_runs_previous", "whole_datagrams")
 
     def __init__(self) -> None:
         self._previous: dict[bytes, _Entry] = {}
@@ -720,6 +721,7 @@ class VportDecoder:
         # Whole datagrams of vport messages, by the key of their first message.
         self._runs_previous: dict[bytes, _Run] = {}
         self._runs_current: dict[bytes, _Run] = {}
+        self.whole_datagrams = 0  # datagrams decoded as one run so far (for the tests)
 
     def new_scrape(self) -> None:
         """Start a scrape: what the last one saw can be reused, anything older is dropped."""
@@ -821,6 +823,7 @@ class VportDecoder:
         records.extend(map(_new_tuple, repeat(Vport), map(add, heads_and_counters, tails)))
         self._current.update(zip(keys, entries, strict=True))
         self._runs_current[keys[0]] = run
+        self.whole_datagrams += 1
         return covered
 
 
