@@ -30,14 +30,29 @@ EXPORTER_PORT = 19310
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "module_reload: unloads the openvswitch module; runs last")
+    config.addinivalue_line("markers", "module_reload: unloads the openvswitch module; runs late")
+    config.addinivalue_line(
+        "markers", "runs_last: after everything else, so that it may leave its state to the guest's power-off"
+    )
     config.addinivalue_line(
         "markers", "prometheus: starts the real Prometheus (select with -m to skip it in quick runs)"
     )
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    items.sort(key=lambda item: item.get_closest_marker("module_reload") is not None)
+    def order(item: pytest.Item) -> int:
+        if item.get_closest_marker("runs_last"):
+            return 2
+        return 1 if item.get_closest_marker("module_reload") else 0
+
+    items.sort(key=order)  # stable: the file order otherwise
+
+
+def nothing_runs_after(request: pytest.FixtureRequest) -> bool:
+    """Whether the module of a module-scoped fixture holds the session's last test, so that what
+    the fixture made can be left to the guest's power-off (tests/vm runs one session per boot)."""
+    last = request.session.items[-1]
+    return isinstance(last, pytest.Function) and last.module is request.module
 
 
 def kernel_at_least(major: int, minor: int) -> bool:

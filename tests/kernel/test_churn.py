@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import subprocess
 import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 
 from .churn import Churn
 from .conftest import consistent
 from .ovsnl import VPORT_INTERNAL, VPORT_VXLAN, OvsNetlink
-from .procs import Exporter
+from .procs import Exporter, tool
 from .promtext import Scrape, diff, expected_series
 from .topology import Topology
 
@@ -53,19 +56,46 @@ def test_ports_and_datapaths_appear_and_vanish(
         extra.teardown()
 
 
+def get_text(url: str) -> str:
+    """The body in the text format: the one `promtool check metrics` reads (Prometheus itself
+    scrapes OpenMetrics in test_prometheus)."""
+    with urllib.request.urlopen(url, timeout=60) as response:
+        return str(response.read().decode())
+
+
+def promtool_check(body: str) -> str:
+    result = subprocess.run(
+        [tool("promtool"), "check", "metrics"], input=body, capture_output=True, text=True, timeout=120
+    )
+    return "" if result.returncode == 0 else result.stdout + result.stderr
+
+
+#: Scrapes taken while ports churn: enough for the dumps to overlap many churn rounds (each
+#: round adds and removes every churned port), few enough to keep the TCG suite short.
+CHURN_SCRAPES = 60
+
+
 def test_churn_during_scrapes_never_duplicates_or_fails(
     nl: OvsNetlink, topology: Topology, exporter: Exporter
 ) -> None:
-    """Vports and a datapath come and go while the exporter dumps (the dump may see a port twice)."""
-    scrapes: list[Scrape] = []
+    """Vports and a datapath come and go while the exporter dumps (the dump may see a port
+    twice): every body is valid exposition by promtool, with no duplicate series."""
+    bodies: list[str] = []
     with Churn(topology.datapaths["ovs-b"], "chn", ports=4) as churn:
-        deadline = time.monotonic() + 20
-        while len(scrapes) < 15 and time.monotonic() < deadline:
-            scrapes.append(exporter.scrape())
+        deadline = time.monotonic() + 60
+        while len(bodies) < CHURN_SCRAPES and time.monotonic() < deadline:
+            bodies.append(get_text(exporter.url))
     assert not churn.errors, churn.errors
     assert churn.rounds > 0, "the churn thread never completed a round"
-    for scrape in scrapes:
+    assert len(bodies) >= 15, f"only {len(bodies)} scrapes in 60 s"
+    for body in bodies:
+        scrape = Scrape.parse(body)
         assert not scrape.duplicates(), scrape.duplicates()
         assert scrape.value("ovs_up") == 1
         assert {"ovs-a", "ovs-b"} <= datapaths_of(scrape)
         assert {"va0", "vxa", "gna", "grea", "ia1", "ovs-a"} == ports_of(scrape, "ovs-a")
+    # Every response through promtool, two at a time (the guest has two CPUs).
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        problems = [p for p in pool.map(promtool_check, bodies) if p]
+    assert not problems, problems[:3]
+    print(f"churn: {len(bodies)} scrapes, {churn.rounds} churn rounds, all valid by promtool")
