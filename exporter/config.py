@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -140,6 +140,47 @@ def _string(section: Mapping[str, Any], key: str, where: str) -> str | None:
     return value
 
 
+#: What a value of each kind must be, in the words the error uses, and its check.
+_KINDS: dict[str, Callable[[Any], bool]] = {
+    "a string": lambda v: isinstance(v, str),
+    "true or false": lambda v: isinstance(v, bool),
+    # bool is an int in Python; YAML's `true` is no port count.
+    "a whole number": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "a number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+    "a list of strings": lambda v: isinstance(v, list) and all(isinstance(i, str) for i in v),
+}
+
+#: Every scalar or list key of the file: (section, key, kind, Config field). The filters
+#: section, a mapping of patterns, is read by _file_filters.
+_FILE_FIELDS: tuple[tuple[str, str, str, str], ...] = (
+    ("web", "listen_address", "a string", "listen_address"),
+    ("web", "telemetry_path", "a string", "telemetry_path"),
+    ("web", "max_requests", "a whole number", "max_requests"),
+    ("web", "max_connections", "a whole number", "max_connections"),
+    ("log", "level", "a string", "log_level"),
+    ("log", "format", "a string", "log_format"),
+    ("netlink", "timeout_seconds", "a number", "netlink_timeout"),
+    ("netns", "names", "a list of strings", "netns_names"),
+    ("netns", "all", "true or false", "netns_all"),
+    ("collector", "vport_metrics", "a list of strings", "vport_metrics"),
+    ("collector", "events", "true or false", "events"),
+    ("ovsdb", "enabled", "true or false", "ovsdb_enabled"),
+    ("ovsdb", "socket", "a string", "ovsdb_socket"),
+    ("ovsdb", "external_ids", "a list of strings", "ovsdb_external_ids"),
+)
+
+
+def _file_value(value: Any, kind: str, where: str) -> Any:
+    """``value`` checked against ``kind``, as Config holds it (lists as tuples, numbers as float)."""
+    if not _KINDS[kind](value):
+        raise ConfigError(f"{where}: must be {kind}, got {_type_name(value)}")
+    if kind == "a list of strings":
+        return tuple(value)
+    if kind == "a number":
+        return float(value)
+    return value
+
+
 def compile_pattern(pattern: str, where: str) -> re.Pattern[str]:
     try:
         return re.compile(pattern)
@@ -162,25 +203,6 @@ def _file_filters(section: Mapping[str, Any]) -> dict[str, dict[str, str]]:
     return result
 
 
-def _file_ovsdb(section: Mapping[str, Any]) -> dict[str, Any]:
-    check_keys(section, _FILE_KEYS["ovsdb"], "ovsdb")
-    settings: dict[str, Any] = {}
-    enabled = section.get("enabled")
-    if enabled is not None:
-        if not isinstance(enabled, bool):
-            raise ConfigError(f"ovsdb.enabled: must be true or false, got {_type_name(enabled)}")
-        settings["ovsdb_enabled"] = enabled
-    socket = _string(section, "socket", "ovsdb")
-    if socket is not None:
-        settings["ovsdb_socket"] = socket
-    keys = section.get("external_ids")
-    if keys is not None:
-        if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
-            raise ConfigError(f"ovsdb.external_ids: must be a list of strings, got {_type_name(keys)}")
-        settings["ovsdb_external_ids"] = tuple(keys)
-    return settings
-
-
 def parse_yaml(text: str) -> Any:
     """The YAML document in ``text``, or ConfigError saying where it is malformed."""
     try:
@@ -201,62 +223,13 @@ def load_file(path: Path) -> dict[str, Any]:
     top = mapping(parse_yaml(text), "top level")
     check_keys(top, tuple(_FILE_KEYS), "")
     settings: dict[str, Any] = {}
-
-    web = mapping(top.get("web"), "web")
-    check_keys(web, _FILE_KEYS["web"], "web")
-    for key in ("listen_address", "telemetry_path"):
-        value = _string(web, key, "web")
+    sections = {name: mapping(top.get(name), name) for name in _FILE_KEYS if name != "filters"}
+    for name, section in sections.items():
+        check_keys(section, _FILE_KEYS[name], name)
+    for name, key, kind, setting in _FILE_FIELDS:
+        value = sections[name].get(key)
         if value is not None:
-            settings[key] = value
-    for key in ("max_requests", "max_connections"):
-        limit = web.get(key)
-        if limit is not None:
-            if isinstance(limit, bool) or not isinstance(limit, int):
-                raise ConfigError(f"web.{key}: must be a whole number, got {_type_name(limit)}")
-            settings[key] = limit
-
-    log = mapping(top.get("log"), "log")
-    check_keys(log, _FILE_KEYS["log"], "log")
-    for key in _FILE_KEYS["log"]:
-        value = _string(log, key, "log")
-        if value is not None:
-            settings[f"log_{key}"] = value
-
-    netlink = mapping(top.get("netlink"), "netlink")
-    check_keys(netlink, _FILE_KEYS["netlink"], "netlink")
-    timeout = netlink.get("timeout_seconds")
-    if timeout is not None:
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-            raise ConfigError(f"netlink.timeout_seconds: must be a number, got {_type_name(timeout)}")
-        settings["netlink_timeout"] = float(timeout)
-
-    netns = mapping(top.get("netns"), "netns")
-    check_keys(netns, _FILE_KEYS["netns"], "netns")
-    names = netns.get("names")
-    if names is not None:
-        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-            raise ConfigError(f"netns.names: must be a list of strings, got {_type_name(names)}")
-        settings["netns_names"] = tuple(names)
-    all_namespaces = netns.get("all")
-    if all_namespaces is not None:
-        if not isinstance(all_namespaces, bool):
-            raise ConfigError(f"netns.all: must be true or false, got {_type_name(all_namespaces)}")
-        settings["netns_all"] = all_namespaces
-
-    collector = mapping(top.get("collector"), "collector")
-    check_keys(collector, _FILE_KEYS["collector"], "collector")
-    groups = collector.get("vport_metrics")
-    if groups is not None:
-        if not isinstance(groups, list) or not all(isinstance(g, str) for g in groups):
-            raise ConfigError(f"collector.vport_metrics: must be a list of strings, got {_type_name(groups)}")
-        settings["vport_metrics"] = tuple(groups)
-    events = collector.get("events")
-    if events is not None:
-        if not isinstance(events, bool):
-            raise ConfigError(f"collector.events: must be true or false, got {_type_name(events)}")
-        settings["events"] = events
-
-    settings.update(_file_ovsdb(mapping(top.get("ovsdb"), "ovsdb")))
+            settings[setting] = _file_value(value, kind, f"{name}.{key}")
     settings["filters"] = _file_filters(mapping(top.get("filters"), "filters"))
     return settings
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from exporter import config as config_module
 from exporter.cli import load_config
 from exporter.config import Config, ConfigError
 
@@ -44,6 +45,17 @@ def test_flags_override_the_file(tmp_path: Path) -> None:
     assert config.filters.port.allows("b1") and not config.filters.port.allows("a1")
 
 
+def test_every_file_key_is_read() -> None:
+    fields = {(section, key) for section, key, _, _ in config_module._FILE_FIELDS}
+    known = {
+        (section, key)
+        for section, keys in config_module._FILE_KEYS.items()
+        if section != "filters"
+        for key in keys
+    }
+    assert fields == known
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
@@ -54,6 +66,11 @@ def test_flags_override_the_file(tmp_path: Path) -> None:
         ("web: {listen_address: 'nohost'}\n", "web.listen_address: 'nohost' is not host:port"),
         ("web: {listen_address: ':70000'}\n", "web.listen_address: port 70000 is out of range"),
         ("web: {telemetry_path: 'metrics'}\n", "web.telemetry_path: must start with /"),
+        ("web: {max_requests: true}\n", "web.max_requests: must be a whole number, got bool"),
+        ("web: {max_connections: 2.5}\n", "web.max_connections: must be a whole number, got float"),
+        ("netlink: {timeout_seconds: true}\n", "netlink.timeout_seconds: must be a number, got bool"),
+        ("netns: {names: [a, 1]}\n", "netns.names: must be a list of strings, got list"),
+        ("netns: {all: 1}\n", "netns.all: must be true or false, got int"),
         ("log: {level: verbose}\n", "log.level: must be one of debug, info, warn, error, got 'verbose'"),
         ("log: {format: text}\n", "log.format: must be one of logfmt, json"),
         ("netlink: {timeout_seconds: 'x'}\n", "netlink.timeout_seconds: must be a number, got str"),
@@ -81,14 +98,29 @@ def test_flags_override_the_file(tmp_path: Path) -> None:
         ("- a\n- b\n", "top level: must be a mapping, got list"),
         ("ovsdb: {enable: true}\n", "ovsdb.enable: unknown key (known keys: enabled, socket, external_ids)"),
         ("ovsdb: {enabled: 'yes'}\n", "ovsdb.enabled: must be true or false, got str"),
-        ("ovsdb: {socket: /run/db.sock}\n", "ovsdb.socket: must be unix:PATH or tcp:HOST:PORT, got '/run/db.sock'"),
+        (
+            "ovsdb: {socket: /run/db.sock}\n",
+            "ovsdb.socket: must be unix:PATH or tcp:HOST:PORT, got '/run/db.sock'",
+        ),
         ("ovsdb: {socket: 'ssl:1.2.3.4:6640'}\n", "ovsdb.socket: must be unix:PATH or tcp:HOST:PORT"),
         ("ovsdb: {socket: 'tcp:1.2.3.4'}\n", "ovsdb.socket: tcp: needs HOST:PORT, got '1.2.3.4'"),
-        (f"ovsdb: {{socket: 'unix:/{'x' * 120}'}}\n", "ovsdb.socket: unix socket path is longer than 107 bytes"),
+        (
+            f"ovsdb: {{socket: 'unix:/{'x' * 120}'}}\n",
+            "ovsdb.socket: unix socket path is longer than 107 bytes",
+        ),
         ("ovsdb: {external_ids: iface-id}\n", "ovsdb.external_ids: must be a list of strings, got str"),
-        ("ovsdb: {external_ids: [bridge]}\n", "ovsdb.external_ids: 'bridge' makes the label 'bridge', which the exporter's own labels use"),
-        ("ovsdb: {external_ids: [k8s.ovn.org/network]}\n", "ovsdb.external_ids: 'k8s.ovn.org/network' does not make a valid label name"),
-        ("ovsdb: {external_ids: [__x]}\n", "ovsdb.external_ids: '__x' makes the label '__x'; names starting with __ are reserved"),
+        (
+            "ovsdb: {external_ids: [bridge]}\n",
+            "ovsdb.external_ids: 'bridge' makes the label 'bridge', which the exporter's own labels use",
+        ),
+        (
+            "ovsdb: {external_ids: [k8s.ovn.org/network]}\n",
+            "ovsdb.external_ids: 'k8s.ovn.org/network' does not make a valid label name",
+        ),
+        (
+            "ovsdb: {external_ids: [__x]}\n",
+            "ovsdb.external_ids: '__x' makes the label '__x'; names starting with __ are reserved",
+        ),
         ("ovsdb: {external_ids: [a, a]}\n", "ovsdb.external_ids: 'a' is listed twice"),
         ("web: {listen_address: ':1'\n", "invalid YAML at line 2, column 1"),
     ],
@@ -121,8 +153,14 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
             ["--collector.vport.metrics", "packets,drops"],
             "flag --collector.vport.metrics: unknown metric group 'drops' (known: packets, bytes,",
         ),
-        (["--collector.ovsdb.socket", "db.sock"], "flag --collector.ovsdb.socket: must be unix:PATH or tcp:HOST:PORT"),
-        (["--collector.ovsdb.external-ids", "iface-id,port"], "flag --collector.ovsdb.external-ids: 'port' makes the label 'port'"),
+        (
+            ["--collector.ovsdb.socket", "db.sock"],
+            "flag --collector.ovsdb.socket: must be unix:PATH or tcp:HOST:PORT",
+        ),
+        (
+            ["--collector.ovsdb.external-ids", "iface-id,port"],
+            "flag --collector.ovsdb.external-ids: 'port' makes the label 'port'",
+        ),
     ],
 )
 def test_bad_config_exits_2_with_one_line(args: list[str], message: str) -> None:
@@ -160,6 +198,8 @@ def test_vport_metric_groups_default_to_all_and_flags_override_the_file(tmp_path
     flags = ["--config.file", str(path), "--collector.vport.metrics", " bytes,dropped "]
     assert load_config(flags).vport_metrics == ("bytes", "dropped")
     assert load_config(["--collector.vport.metrics", ""]).vport_metrics == ()
+
+
 def test_ovsdb_off_by_default_and_its_defaults() -> None:
     config = load_config([])
     assert not config.ovsdb_enabled
@@ -177,7 +217,13 @@ def test_ovsdb_file_and_flags(tmp_path: Path) -> None:
         True, "tcp:127.0.0.1:6640", ("iface-id", "owner"),
     )  # fmt: skip
     config = load_config(
-        ["--config.file", str(path), "--no-collector.ovsdb", "--collector.ovsdb.external-ids", " vm-uuid , ,x "]
+        [
+            "--config.file",
+            str(path),
+            "--no-collector.ovsdb",
+            "--collector.ovsdb.external-ids",
+            " vm-uuid , ,x ",
+        ]
     )
     assert not config.ovsdb_enabled and config.ovsdb_external_ids == ("vm-uuid", "x")
     config = load_config(["--collector.ovsdb", "--collector.ovsdb.external-ids", ""])
