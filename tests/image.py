@@ -36,6 +36,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests import host_packages
+
 REPO = Path(__file__).resolve().parents[1]
 CACHE = REPO / ".cache" / "container"
 CONTAINERFILE = REPO / "Containerfile"
@@ -64,31 +66,11 @@ def version() -> str:
 
 
 def missing_host_packages() -> list[str]:
-    missing = []
-    for package in HOST_PACKAGES:
-        result = subprocess.run(
-            ["dpkg-query", "-W", "-f=${Status}", package], capture_output=True, text=True, check=False
-        )
-        if "install ok installed" not in result.stdout:
-            missing.append(package)
-    return missing
+    return host_packages.missing(HOST_PACKAGES)
 
 
 def install_host_packages() -> None:
-    missing = missing_host_packages()
-    if not missing:
-        return
-    if os.geteuid() != 0:
-        raise SystemExit(f"[image] missing host packages {missing}: run this as root or apt-get install them")
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    apt = ["apt-get", "-q", "-o", "DPkg::Lock::Timeout=300"]
-    log("apt-get install " + " ".join(missing))
-    if subprocess.run(
-        [*apt, "install", "-y", "--no-install-recommends", *missing], env=env, check=False
-    ).returncode:
-        # A fresh machine may have no package lists yet.
-        subprocess.run([*apt, "update"], env=env, check=True)
-        subprocess.run([*apt, "install", "-y", "--no-install-recommends", *missing], env=env, check=True)
+    host_packages.install(HOST_PACKAGES, "image")
 
 
 # --- the base image's tarball ----------------------------------------------------------------

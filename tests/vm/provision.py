@@ -15,13 +15,14 @@ system's apt configuration. Every step is skipped when its result is already in 
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+
+from tests import host_packages
 
 from .paths import CACHE_DIR, Kernel, kernel_dir, tools_root
 
@@ -50,27 +51,8 @@ def run(cmd: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
 # --- host packages ---------------------------------------------------------------------------
 
 
-def missing_host_packages() -> list[str]:
-    missing = []
-    for pkg in HOST_PACKAGES:
-        res = subprocess.run(
-            ["dpkg-query", "-W", "-f=${Status}", pkg], capture_output=True, text=True, check=False
-        )
-        if "install ok installed" not in res.stdout:
-            missing.append(pkg)
-    return missing
-
-
 def install_host_packages() -> None:
-    missing = missing_host_packages()
-    if not missing:
-        log("host packages present: " + ", ".join(HOST_PACKAGES))
-        return
-    if os.geteuid() != 0:
-        sys.exit(f"[vm-setup] missing host packages {missing}; run this as root or apt-get install them")
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    run(["apt-get", "update", "-q"], env=env)
-    run(["apt-get", "install", "-y", "-q", "--no-install-recommends", *missing], env=env)
+    host_packages.install(HOST_PACKAGES, "vm-setup")
 
 
 # --- the private apt configuration -----------------------------------------------------------
