@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import ssl
 import threading
@@ -53,9 +54,14 @@ _ALLOWED_HEADERS = (
     "X-Frame-Options",
     "X-XSS-Protection",
 )
-# A hash no password matches, checked for unknown users so that a wrong user name
-# costs the same time as a wrong password (no user enumeration by timing).
-_DUMMY_HASH = bcrypt.hashpw(b"not a password", bcrypt.gensalt(rounds=10))
+
+
+@functools.cache
+def _dummy_hash() -> bytes:
+    """A hash no password matches, checked for unknown users so that a wrong user name costs
+    the same time as a wrong password (no user enumeration by timing). Made once, when a file
+    with users is loaded: at import it would cost every start ~0.1 s (seconds under emulation)."""
+    return bcrypt.hashpw(b"not a password", bcrypt.gensalt(rounds=10))
 
 
 @dataclass(frozen=True)
@@ -88,7 +94,7 @@ class WebConfig:
             if self._verified.get(key):
                 return True
         stored = self.basic_auth_users.get(user)
-        ok = bcrypt.checkpw(password.encode(), stored if stored is not None else _DUMMY_HASH)
+        ok = bcrypt.checkpw(password.encode(), stored if stored is not None else _dummy_hash())
         ok = ok and stored is not None
         if ok:
             with self._lock:
@@ -172,6 +178,8 @@ def _users(section: Mapping[str, Any]) -> dict[str, bytes]:
         except ValueError as err:
             raise ConfigError(f"basic_auth_users.{user}: invalid bcrypt hash: {err}") from None
         users[user] = hashed.encode()
+    if users:
+        _dummy_hash()
     return users
 
 
