@@ -560,7 +560,7 @@ def _number(value: float) -> str:
 INTERFACE_INFO = (
     "ovs_interface",
     "A kernel vport as OVSDB describes it: bridge, ofport, interface type and the allowed"
-    " Interface external_ids (value 1). Join on (datapath, port).",
+    " Interface external_ids (value 1). Join on (instance, job, netns, datapath, port).",
 )
 SYSTEM_INFO = (
     "ovs_system",

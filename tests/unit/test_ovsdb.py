@@ -427,7 +427,7 @@ def test_identity_source_renders_both_formats(server: OvsdbServer) -> None:
     assert ok
     assert "".join(text).splitlines() == [
         "# HELP ovs_interface_info A kernel vport as OVSDB describes it: bridge, ofport, interface type and"
-        " the allowed Interface external_ids (value 1). Join on (datapath, port).",
+        " the allowed Interface external_ids (value 1). Join on (instance, job, netns, datapath, port).",
         "# TYPE ovs_interface_info gauge",
         'ovs_interface_info{datapath="ovs-system",port="br0",bridge="br0",interface_type="internal"} 1',
         "# HELP ovs_system_info The Open vSwitch instance, from OVSDB's Open_vSwitch table (value 1).",
