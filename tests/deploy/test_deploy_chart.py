@@ -77,7 +77,10 @@ SCENARIOS: dict[str, dict[str, Any]] = {
     "ovsdb": {
         "ovsdb": {"enabled": True, "groupId": 997, "externalIds": ["iface-id", "vm-uuid"]},
         "podSecurityContext": {
-            "runAsNonRoot": True, "runAsUser": 65534, "runAsGroup": 65534, "supplementalGroups": [4000],
+            "runAsNonRoot": True,
+            "runAsUser": 65534,
+            "runAsGroup": 65534,
+            "supplementalGroups": [4000],
             "seccompProfile": {"type": "RuntimeDefault"},
         },
     },
@@ -359,7 +362,9 @@ def test_ovsdb_mounts_the_socket_read_only_with_a_group_and_no_privilege(render:
     assert not any(a.startswith("--collector.ovsdb") for a in _exporter(pod)["args"])
     assert "supplementalGroups" not in pod["securityContext"]
     # No group given: the mount and flags, and the pod's own groups unchanged.
-    pod = _daemonset_pod(render({"ovsdb": {"enabled": True, "runDir": "/var/run/openvswitch", "socket": "s"}}))
+    pod = _daemonset_pod(
+        render({"ovsdb": {"enabled": True, "runDir": "/var/run/openvswitch", "socket": "s"}})
+    )
     assert [v["hostPath"]["path"] for v in pod["volumes"] if "hostPath" in v] == ["/var/run/openvswitch"]
     assert _flag(_exporter(pod), "--collector.ovsdb.socket") == "unix:/run/openvswitch/s"
     assert "supplementalGroups" not in pod["securityContext"]

@@ -50,7 +50,9 @@ def iface(name: str, type_: str = "", ofport: int | None = None, **ids: str) -> 
 def test_shared_tunnel_vport_keeps_what_all_agree_on() -> None:
     snap = OvsdbSnapshot(
         (
-            OvsdbBridge("br-int", "", (iface("t1", "geneve", 5, iface_id="x"), iface("t2", "geneve", 6, iface_id="x"))),
+            OvsdbBridge(
+                "br-int", "", (iface("t1", "geneve", 5, iface_id="x"), iface("t2", "geneve", 6, iface_id="x"))
+            ),
             OvsdbBridge("br-tun", "system", (iface("t3", "geneve", 7, iface_id="x"),)),
         ),
         None,
@@ -63,11 +65,22 @@ def test_shared_tunnel_vport_keeps_what_all_agree_on() -> None:
 
 def test_alternative_keys_first_present_wins_and_others_never_become_labels() -> None:
     snap = OvsdbSnapshot(
-        (OvsdbBridge("b", "", (OvsdbInterface("p", "", 1, {"attached_mac": "m2", "attached-mac": "m1", "x": "y"}, None),)),),
+        (
+            OvsdbBridge(
+                "b",
+                "",
+                (OvsdbInterface("p", "", 1, {"attached_mac": "m2", "attached-mac": "m1", "x": "y"}, None),),
+            ),
+        ),
         None,
     )
     (only,) = interface_identities(snap, ["attached-mac", "attached_mac"])
-    assert dict(only.labels) == {"bridge": "b", "ofport": "1", "interface_type": "system", "attached_mac": "m1"}
+    assert dict(only.labels) == {
+        "bridge": "b",
+        "ofport": "1",
+        "interface_type": "system",
+        "attached_mac": "m1",
+    }
     (only,) = interface_identities(snap, ["attached_mac", "attached-mac"])
     assert dict(only.labels)["attached_mac"] == "m2"
     (only,) = interface_identities(snap, [])
@@ -82,7 +95,7 @@ def test_netdev_bridges_are_not_on_the_kernel_datapath() -> None:
 def test_label_value() -> None:
     assert label_value("fa:16:3e:00:00:01") == "fa:16:3e:00:00:01"
     assert label_value("a\nb\x00c\x7fd\x85e\udc00f\tg") == "a\ufffdb\ufffdc\ufffdd\ufffde\ufffdf\ufffdg"
-    assert label_value("é😀\"\\") == "é😀\"\\"
+    assert label_value('é😀"\\') == 'é😀"\\'
     long = label_value("y" * 1000)
     assert len(long) == MAX_LABEL_VALUE_LENGTH and long.endswith("\u2026")
     assert label_value("z" * MAX_LABEL_VALUE_LENGTH) == "z" * MAX_LABEL_VALUE_LENGTH

@@ -141,50 +141,91 @@ def topology(server: OvsdbServer) -> None:
     )  # fmt: skip
 
 
-def test_identity_of_every_kernel_datapath_port(server: OvsdbServer, reader: OvsdbReader[IdentityView]) -> None:
+def test_identity_of_every_kernel_datapath_port(
+    server: OvsdbServer, reader: OvsdbReader[IdentityView]
+) -> None:
     topology(server)
     expected = {
-        "br-int": {"datapath": "ovs-system", "port": "br-int", "bridge": "br-int", "interface_type": "internal"},
+        "br-int": {
+            "datapath": "ovs-system",
+            "port": "br-int",
+            "bridge": "br-int",
+            "interface_type": "internal",
+        },
         "br-ex": {"datapath": "ovs-system", "port": "br-ex", "bridge": "br-ex", "interface_type": "internal"},
         "tapa1b2c3d4-e5": {
-            "datapath": "ovs-system", "port": "tapa1b2c3d4-e5", "bridge": "br-int", "interface_type": "system",
-            "iface_id": "a1b2c3d4-e5f6", "attached_mac": "fa:16:3e:00:00:01", "iface_status": "active",
+            "datapath": "ovs-system",
+            "port": "tapa1b2c3d4-e5",
+            "bridge": "br-int",
+            "interface_type": "system",
+            "iface_id": "a1b2c3d4-e5f6",
+            "attached_mac": "fa:16:3e:00:00:01",
+            "iface_status": "active",
             "vm_uuid": "inst-1",
         },
         "vnet0": {
-            "datapath": "ovs-system", "port": "vnet0", "bridge": "br-int", "interface_type": "system",
-            "iface_id": "0d1e", "attached_mac": "52:54:00:00:00:02", "iface_status": "active", "vm_id": "dom-uuid",
+            "datapath": "ovs-system",
+            "port": "vnet0",
+            "bridge": "br-int",
+            "interface_type": "system",
+            "iface_id": "0d1e",
+            "attached_mac": "52:54:00:00:00:02",
+            "iface_status": "active",
+            "vm_id": "dom-uuid",
         },
         # ovn-kubernetes: attached_mac is the same label as attached-mac; sandbox and ip_addresses
         # are not on the allow-list.
         "a8f3e2b1c0d9e8f": {
-            "datapath": "ovs-system", "port": "a8f3e2b1c0d9e8f", "bridge": "br-int", "interface_type": "system",
-            "iface_id": "default_web-0", "attached_mac": "0a:58:0a:f4:00:05",
+            "datapath": "ovs-system",
+            "port": "a8f3e2b1c0d9e8f",
+            "bridge": "br-int",
+            "interface_type": "system",
+            "iface_id": "default_web-0",
+            "attached_mac": "0a:58:0a:f4:00:05",
         },
         "d37da5ba_h": {
-            "datapath": "ovs-system", "port": "d37da5ba_h", "bridge": "br-int", "interface_type": "system",
-            "iface_id": "web-1.default", "pod_name": "web-1", "pod_namespace": "default",
+            "datapath": "ovs-system",
+            "port": "d37da5ba_h",
+            "bridge": "br-int",
+            "interface_type": "system",
+            "iface_id": "web-1.default",
+            "pod_name": "web-1",
+            "pod_namespace": "default",
         },
         # Two geneve Interfaces share the kernel's flow-based vport: one series, the labels they agree on.
         "genev_sys_6081": {
-            "datapath": "ovs-system", "port": "genev_sys_6081", "bridge": "br-int", "interface_type": "geneve",
+            "datapath": "ovs-system",
+            "port": "genev_sys_6081",
+            "bridge": "br-int",
+            "interface_type": "geneve",
         },
         "vxlan_sys_8472": {
-            "datapath": "ovs-system", "port": "vxlan_sys_8472", "bridge": "br-int", "interface_type": "vxlan",
+            "datapath": "ovs-system",
+            "port": "vxlan_sys_8472",
+            "bridge": "br-int",
+            "interface_type": "vxlan",
         },
         # Patch ports have no kernel vport: their series name them as OVSDB does and join nothing.
         "patch-br-int-to-br-ex": {
-            "datapath": "ovs-system", "port": "patch-br-int-to-br-ex", "bridge": "br-int", "interface_type": "patch",
+            "datapath": "ovs-system",
+            "port": "patch-br-int-to-br-ex",
+            "bridge": "br-int",
+            "interface_type": "patch",
         },
         "patch-br-ex-to-br-int": {
-            "datapath": "ovs-system", "port": "patch-br-ex-to-br-int", "bridge": "br-ex", "interface_type": "patch",
+            "datapath": "ovs-system",
+            "port": "patch-br-ex-to-br-int",
+            "bridge": "br-ex",
+            "interface_type": "patch",
         },
         # br-dpdk is on the userspace datapath: neither it nor dpdk0 is a kernel vport.
     }
     got = wait_view(reader, lambda s: s.keys() == expected.keys(), "the topology")
     assert got == expected
     # The Open_vSwitch row was written by the second ovs-vsctl: wait for it too.
-    view = wait_for(lambda: (v := reader.current()) is not None and "db_version" in v.system and v, what="system")
+    view = wait_for(
+        lambda: (v := reader.current()) is not None and "db_version" in v.system and v, what="system"
+    )
     (system,) = [s for f in text_string_to_metric_families(view.system) for s in f.samples]
     assert system.name == "ovs_system_info" and system.labels == {
         "system_id": "chassis-1", "hostname": "compute-1", "ovs_version": "3.1.0", "db_version": "8.3.1",
@@ -193,8 +234,12 @@ def test_identity_of_every_kernel_datapath_port(server: OvsdbServer, reader: Ovs
 
 def test_ofport_when_set(server: OvsdbServer, reader: OvsdbReader[IdentityView]) -> None:
     # ofport is written by ovs-vswitchd; without one here, write it the way it does.
-    server.vsctl("add-br", "br0", "--", "add-port", "br0", "p1", "--", "set", "Interface", "p1", "ofport_request=7")
-    server.transact({"op": "update", "table": "Interface", "where": [["name", "==", "p1"]], "row": {"ofport": 7}})
+    server.vsctl(
+        "add-br", "br0", "--", "add-port", "br0", "p1", "--", "set", "Interface", "p1", "ofport_request=7"
+    )
+    server.transact(
+        {"op": "update", "table": "Interface", "where": [["name", "==", "p1"]], "row": {"ofport": 7}}
+    )
     got = wait_view(reader, lambda s: "ofport" in s.get("p1", {}), "ofport")
     assert got["p1"]["ofport"] == "7" and "ofport" not in got["br0"]
 
@@ -271,7 +316,9 @@ def test_starts_before_the_server(caplog: pytest.LogCaptureFixture) -> None:
     ]
 
 
-def test_bad_values_are_made_safe(server: OvsdbServer, reader: OvsdbReader[IdentityView], tmp_path: Path) -> None:
+def test_bad_values_are_made_safe(
+    server: OvsdbServer, reader: OvsdbReader[IdentityView], tmp_path: Path
+) -> None:
     """Huge, control-character and quote-laden values; ovsdb-server itself refuses non-UTF-8 and NUL."""
     server.vsctl("add-br", "br0", "--", "add-port", "br0", "p0")
     huge = "x" * 100_000
@@ -291,8 +338,14 @@ def test_bad_values_are_made_safe(server: OvsdbServer, reader: OvsdbReader[Ident
     view = reader.current()
     assert view is not None
     body = tmp_path / "metrics.txt"
-    body.write_bytes((family_header(*INTERFACE_INFO[:1], "info", INTERFACE_INFO[1], Format.TEXT) + view.interfaces).encode())
-    res = subprocess.run([str(promtool()), "check", "metrics"], stdin=body.open("rb"), capture_output=True, check=False)
+    body.write_bytes(
+        (
+            family_header(*INTERFACE_INFO[:1], "info", INTERFACE_INFO[1], Format.TEXT) + view.interfaces
+        ).encode()
+    )
+    res = subprocess.run(
+        [str(promtool()), "check", "metrics"], stdin=body.open("rb"), capture_output=True, check=False
+    )
     assert res.returncode == 0, res.stderr
 
 
@@ -342,7 +395,9 @@ def test_schema_without_optional_columns_degrades(tmp_path: Path, caplog: pytest
         tmp_path, {"Interface": ["external_ids", "ofport", "options"], "Open_vSwitch": ["db_version"]}
     )
     with ovsdb_server(schema) as server:
-        server.vsctl("add-br", "br0", "--", "add-port", "br0", "g0", "--", "set", "Interface", "g0", "type=geneve")
+        server.vsctl(
+            "add-br", "br0", "--", "add-port", "br0", "g0", "--", "set", "Interface", "g0", "type=geneve"
+        )
         server.vsctl("set", "Open_vSwitch", ".", "ovs_version=2.17.9")
         reader = make_reader(server.remote)
         try:
@@ -361,7 +416,9 @@ def test_schema_without_optional_columns_degrades(tmp_path: Path, caplog: pytest
     ]
 
 
-def test_schema_without_a_required_column_serves_nothing(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_schema_without_a_required_column_serves_nothing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.INFO, logger=LOGGER)
     with ovsdb_server(_schema_without(tmp_path, {"Port": ["interfaces"]})) as server:
         reader = make_reader(server.remote)
@@ -371,7 +428,9 @@ def test_schema_without_a_required_column_serves_nothing(tmp_path: Path, caplog:
             assert reader.current() is None
         finally:
             reader.close()
-    assert state_log(caplog) == ["unusable schema: the server's schema has no Port.interfaces column; retrying"]
+    assert state_log(caplog) == [
+        "unusable schema: the server's schema has no Port.interfaces column; retrying"
+    ]
 
 
 def test_only_read_only_methods_on_the_wire() -> None:
@@ -465,13 +524,21 @@ def test_exporter_serves_identity_and_survives_ovsdb_restarts() -> None:
                 ]  # fmt: skip
 
             info = 'ovs_interface_info{datapath="ovs-system",port="tap0",bridge="br0",interface_type="system",iface_id="port-1"} 1'
-            up, down = 'ovs_scrape_collector_success{collector="ovsdb"} 1', 'ovs_scrape_collector_success{collector="ovsdb"} 0'
+            up, down = (
+                'ovs_scrape_collector_success{collector="ovsdb"} 1',
+                'ovs_scrape_collector_success{collector="ovsdb"} 0',
+            )
             body = wait_for(lambda: b if info in (b := scrape()) else "", what="identity in the scrape")
             assert "never-a-label" not in body and "secret" not in body
-            assert up in body.splitlines() and 'ovs_scrape_collector_duration_seconds{collector="ovsdb"} ' in body
+            assert (
+                up in body.splitlines()
+                and 'ovs_scrape_collector_duration_seconds{collector="ovsdb"} ' in body
+            )
             kernel_before = kernel_part(body)
             server.kill()
-            body = wait_for(lambda: b if "ovs_interface_info" not in (b := scrape()) else "", what="identity gone")
+            body = wait_for(
+                lambda: b if "ovs_interface_info" not in (b := scrape()) else "", what="identity gone"
+            )
             assert "ovs_system_info" not in body and down in body.splitlines()
             # The kernel side is served as before (on this host: no module, so ovs_up 0 and
             # one more scrape error each time; compare what does not count scrapes).
@@ -479,7 +546,9 @@ def test_exporter_serves_identity_and_survives_ovsdb_restarts() -> None:
                 x for x in kernel_before if "errors" not in x
             ]
             server.restart()
-            body = wait_for(lambda: b if info in (b := scrape()) else "", what="identity back after the restart")
+            body = wait_for(
+                lambda: b if info in (b := scrape()) else "", what="identity back after the restart"
+            )
             assert up in body.splitlines()
         finally:
             proc.terminate()
@@ -574,7 +643,9 @@ def test_incremental_copy_equals_a_fresh_one(server: OvsdbServer, reader: OvsdbR
             ports.discard(name)
         elif action == "ids":
             name = rng.choice(sorted(ports))
-            server.vsctl("set", "Interface", name, f"external-ids:vm-uuid=vm{step}", f"external-ids:iface-id=n{step}")
+            server.vsctl(
+                "set", "Interface", name, f"external-ids:vm-uuid=vm{step}", f"external-ids:iface-id=n{step}"
+            )
         elif action == "type":
             name = rng.choice(sorted(ports))
             server.vsctl("set", "Interface", name, "type=vxlan", f"options:dst_port={4000 + step}")
@@ -596,7 +667,9 @@ def test_incremental_copy_equals_a_fresh_one(server: OvsdbServer, reader: OvsdbR
         fresh.close()
 
 
-@pytest.mark.xfail(strict=True, reason="ovs.jsonrpc.Connection.recv drops a UTF-8 decoder holding a split character")
+@pytest.mark.xfail(
+    strict=True, reason="ovs.jsonrpc.Connection.recv drops a UTF-8 decoder holding a split character"
+)
 def test_library_reads_a_character_split_between_reads() -> None:
     """A known limitation of the ovs library (4.0.0), kept here so that a fix upstream is noticed.
 
@@ -651,8 +724,12 @@ def test_online_schema_conversion(tmp_path: Path, caplog: pytest.LogCaptureFixtu
         try:
             wait_view(reader, lambda s: s.get("tap0", {}).get("iface_id") == "x", "the first copy")
             older = _schema_without(tmp_path, {"Interface": ["external_ids"]})
-            subprocess.run(["ovsdb-client", "convert", server.remote, str(older)], check=True, capture_output=True)
-            got = wait_view(reader, lambda s: "tap0" in s and "iface_id" not in s["tap0"], "the converted copy")
+            subprocess.run(
+                ["ovsdb-client", "convert", server.remote, str(older)], check=True, capture_output=True
+            )
+            got = wait_view(
+                reader, lambda s: "tap0" in s and "iface_id" not in s["tap0"], "the converted copy"
+            )
             assert got["tap0"]["bridge"] == "br0"
         finally:
             reader.close()

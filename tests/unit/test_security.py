@@ -267,7 +267,9 @@ def test_malformed_requests_get_clean_errors(
 ) -> None:
     reply = raw_request(plain, request_bytes)
     # A request without a valid HTTP/1.x version is answered HTTP/0.9-style: a body, no status line.
-    answered = reply.split(b" ", 2)[1] if reply.startswith(b"HTTP/1.") else reply.split(b"Error code: ")[1][:3]
+    answered = (
+        reply.split(b" ", 2)[1] if reply.startswith(b"HTTP/1.") else reply.split(b"Error code: ")[1][:3]
+    )
     assert answered == status, reply[:200]
     assert http_status(plain) == 200
 
