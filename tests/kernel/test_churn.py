@@ -72,7 +72,7 @@ def promtool_check(body: str) -> str:
 
 #: Scrapes taken while ports churn: enough for the dumps to overlap many churn rounds (each
 #: round adds and removes every churned port), few enough to keep the TCG suite short.
-CHURN_SCRAPES = 60
+CHURN_SCRAPES = 30
 
 
 def test_churn_during_scrapes_never_duplicates_or_fails(
