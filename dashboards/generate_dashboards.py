@@ -75,6 +75,8 @@ IDENTITY_LEGEND = " ".join(f"{{{{{label}}}}}" for label in IDENTITY_LABELS)
 # Vport table above it already has.
 IDENTITY_HIDDEN = ("Time", "Value", "__name__", "job", "instance", "datapath", "port")
 NO_OVSDB = "needs --collector.ovsdb"
+#: Stat colours of a 0/1 health value (up, success) or a count where 0 is the trouble.
+RED_BELOW_ONE = [Threshold(value=None, color="red"), Threshold(value=1, color="green")]
 
 
 def _load_rules_generator() -> ModuleType:
@@ -404,7 +406,6 @@ def overview(limits: Thresholds) -> dash.Dashboard:
     )
 
     board = board.with_row(dash.Row("Exporter health").id(ids()))
-    up_steps = [Threshold(value=None, color="red"), Threshold(value=1, color="green")]
     board = board.with_panel(
         big_number(
             ids,
@@ -413,7 +414,7 @@ def overview(limits: Thresholds) -> dash.Dashboard:
             [Query(f"min by (instance) (ovs_up{{{inst}}})", "{{instance}}")],
             description="1 when the exporter resolved the OVS generic netlink families "
             "and every dump completed.",
-            steps=up_steps,
+            steps=RED_BELOW_ONE,
         )
     )
     board = board.with_panel(
@@ -423,7 +424,7 @@ def overview(limits: Thresholds) -> dash.Dashboard:
             "none",
             [Query(f"up{{{job}}}", "{{instance}}")],
             description=f"Prometheus' `up` for the exporter's scrape target ({limits.job_selector}).",
-            steps=up_steps,
+            steps=RED_BELOW_ONE,
         )
     )
     board = board.with_panel(
@@ -731,7 +732,7 @@ def overview(limits: Thresholds) -> dash.Dashboard:
             "flow miss is lost (OVS 3.1.0 started within 10 s of boot). Datapaths in per-vport mode have "
             "none here: see ovs_vport_upcall_handlers.",
             width=8,
-            steps=[Threshold(value=None, color="red"), Threshold(value=1, color="green")],
+            steps=RED_BELOW_ONE,
         )
     )
     events = f"ovs_datapath_vport_events_total{{{dp}"
@@ -843,7 +844,7 @@ def port_detail(limits: Thresholds) -> dash.Dashboard:
             "--collector.ovsdb, 0 while it has no current copy (ovsdb-server down or restarting).",
             width=6,
             height=4,
-            steps=[Threshold(value=None, color="red"), Threshold(value=1, color="green")],
+            steps=RED_BELOW_ONE,
         )
         .mappings(
             [
