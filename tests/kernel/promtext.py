@@ -102,9 +102,15 @@ class Scrape:
         return {dict(lbls)[label] for n, lbls, _ in self.samples if n == name and label in dict(lbls)}
 
 
+def fetch_text(url: str, accept: str | None = None, timeout: float = 60) -> str:
+    """The body as served, in the format ``accept`` asks for (none: the text format)."""
+    request = urllib.request.Request(url, headers={"Accept": accept} if accept else {})
+    with urllib.request.urlopen(request, timeout=timeout) as resp:
+        return str(resp.read().decode())
+
+
 def fetch(url: str, timeout: float = 60) -> Scrape:
-    with urllib.request.urlopen(url, timeout=timeout) as resp:
-        return Scrape.parse(resp.read().decode())
+    return Scrape.parse(fetch_text(url, timeout=timeout))
 
 
 def expected_series(snap: Snapshot) -> dict[SeriesKey, float]:

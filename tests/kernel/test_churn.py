@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import subprocess
 import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 from .churn import Churn
 from .conftest import consistent
 from .ovsnl import VPORT_INTERNAL, VPORT_VXLAN, OvsNetlink
 from .procs import Exporter, tool
-from .promtext import Scrape, diff, expected_series
+from .promtext import Scrape, diff, expected_series, fetch_text
 from .topology import Topology
 
 
@@ -56,13 +55,6 @@ def test_ports_and_datapaths_appear_and_vanish(
         extra.teardown()
 
 
-def get_text(url: str) -> str:
-    """The body in the text format: the one `promtool check metrics` reads (Prometheus itself
-    scrapes OpenMetrics in test_prometheus)."""
-    with urllib.request.urlopen(url, timeout=60) as response:
-        return str(response.read().decode())
-
-
 def promtool_check(body: str) -> str:
     result = subprocess.run(
         [tool("promtool"), "check", "metrics"], input=body, capture_output=True, text=True, timeout=120
@@ -84,7 +76,9 @@ def test_churn_during_scrapes_never_duplicates_or_fails(
     with Churn(topology.datapaths["ovs-b"], "chn", ports=4) as churn:
         deadline = time.monotonic() + 60
         while len(bodies) < CHURN_SCRAPES and time.monotonic() < deadline:
-            bodies.append(get_text(exporter.url))
+            # The text format: the one `promtool check metrics` reads (Prometheus itself scrapes
+            # OpenMetrics in test_prometheus).
+            bodies.append(fetch_text(exporter.url))
     assert not churn.errors, churn.errors
     assert churn.rounds > 0, "the churn thread never completed a round"
     assert len(bodies) >= 15, f"only {len(bodies)} scrapes in 60 s"

@@ -7,13 +7,13 @@ from __future__ import annotations
 import os
 import signal
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from .conftest import HAS_UPCALL_STATS
 from .procs import Exporter
+from .promtext import fetch_text
 from .topology import Topology
 
 #: After WARMUP scrapes (caches and allocator arenas filled), SOAK_SCRAPES - WARMUP more may not
@@ -22,12 +22,6 @@ from .topology import Topology
 WARMUP = 100
 SOAK_SCRAPES = 600
 OPENMETRICS = "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5"
-
-
-def get(url: str, accept: str | None = None) -> str:
-    request = urllib.request.Request(url, headers={"Accept": accept} if accept else {})
-    with urllib.request.urlopen(request, timeout=60) as response:
-        return str(response.read().decode())
 
 
 def proc_rss_kib(pid: int) -> int:
@@ -41,7 +35,7 @@ def proc_rss_kib(pid: int) -> int:
 def test_soak_keeps_memory_and_descriptors_flat(topology: Topology, exporter: Exporter) -> None:
     samples = {}
     for i in range(1, SOAK_SCRAPES + 1):
-        get(exporter.url, OPENMETRICS)
+        fetch_text(exporter.url, OPENMETRICS)
         if i in (WARMUP, SOAK_SCRAPES):
             samples[i] = (proc_rss_kib(exporter.pid), len(os.listdir(f"/proc/{exporter.pid}/fd")))
     (rss0, fds0), (rss1, fds1) = samples[WARMUP], samples[SOAK_SCRAPES]
@@ -55,7 +49,7 @@ def test_sigterm_stops_it_cleanly(topology: Topology, results_dir: Path) -> None
     (Kubernetes' 30 s grace period, systemd's 90 s). The 10 s wait detects a hang; the time is
     printed, not asserted: under TCG it varies with the host's load (1.0002 s once, on 6.1)."""
     proc = Exporter(19311, results_dir, name="exporter-sigterm")
-    get(proc.url)
+    fetch_text(proc.url)
     started = time.monotonic()
     proc.proc.send_signal(signal.SIGTERM)
     code = proc.proc.wait(timeout=10)
