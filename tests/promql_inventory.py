@@ -25,6 +25,7 @@ when Prometheus loaded the rules file and has evaluated it at least once.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from pathlib import Path
@@ -147,12 +148,19 @@ def all_exprs(variables: dict[str, str]) -> list[tuple[str, str]]:
 TROUBLE_GROUP = "ovs-vport-exporter.ports-in-trouble"
 
 
+@functools.cache
+def _trouble_series() -> frozenset[str]:
+    """The series of TROUBLE_GROUP (parsed once: callers ask for every expression, and pure
+    Python YAML takes a second per parse under TCG)."""
+    return frozenset(
+        rule["record"] for group in rule_groups() if group["name"] == TROUBLE_GROUP for rule in group["rules"]
+    )
+
+
 def only_with_trouble(name: str, expr: str) -> bool:
     """True for a series recorded only for ports in trouble, and for queries reading one:
     empty while no port drops, errs or fails upcalls."""
-    recorded = {
-        rule["record"] for group in rule_groups() if group["name"] == TROUBLE_GROUP for rule in group["rules"]
-    }
+    recorded = _trouble_series()
     return name.removeprefix("record/") in recorded or any(
         re.search(rf"{re.escape(series)}\b", expr) for series in recorded
     )

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -140,12 +142,13 @@ class Prometheus(Process):
         """``workdir`` holds its config and TSDB: one per instance, so no run sees another's data."""
         self.port = port
         self.started = time.time()
+        self.config = config
         workdir.mkdir(parents=True, exist_ok=True)
-        cfg = workdir / "prometheus.yml"
-        cfg.write_text(json.dumps(config, indent=2))  # JSON is YAML
+        self.config_file = workdir / "prometheus.yml"
+        self.config_file.write_text(json.dumps(config, indent=2))  # JSON is YAML
         cmd = [
             tool("prometheus"),
-            f"--config.file={cfg}",
+            f"--config.file={self.config_file}",
             f"--storage.tsdb.path={workdir / 'data'}",
             f"--web.listen-address=127.0.0.1:{port}",
             "--log.level=warn",
@@ -180,6 +183,36 @@ class Prometheus(Process):
     def targets_up(self) -> dict[str, str]:
         data = self.api("targets")
         return {t["labels"]["job"]: t["health"] for t in data["activeTargets"]}
+
+    @contextmanager
+    def frozen(self) -> Iterator[float]:
+        """Neither scrape nor evaluate rules while a batch of queries runs; yields the instant to
+        query at, whose data is all stored.
+
+        Under TCG, scraping and evaluating every rule each second keep the guest's CPUs busy,
+        and each query waited its turn behind them. Stopped by a reload, so that the TSDB (and
+        the scrapes so far) stay; the stale markers the reload writes come after the instant.
+        """
+        at = time.time()
+        self._reload({**self.config, "rule_files": [], "scrape_configs": []})
+        try:
+            yield at
+        finally:
+            self._reload(self.config)
+
+    def _reload(self, config: dict[str, Any]) -> None:
+        """Load ``config`` (SIGHUP), and wait until its targets and rule groups are (or are no
+        longer) active."""
+        self.config_file.write_text(json.dumps(config, indent=2))
+        self.proc.send_signal(signal.SIGHUP)
+        want = (bool(config.get("scrape_configs")), bool(config.get("rule_files")))
+        deadline = time.monotonic() + 60
+        while (bool(self.api("targets")["activeTargets"]), bool(self.api("rules")["groups"])) != want:
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"Prometheus did not load {config} in 60 s:\n{self.log.read_text()[-3000:]}"
+                )
+            time.sleep(0.2)
 
 
 class NodeExporter(Process):

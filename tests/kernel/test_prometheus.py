@@ -201,7 +201,6 @@ def test_every_dashboard_and_rule_query_returns_data(
     # and, for the docs' picture, the port dashboard as a user sees it for one port.
     exprs = promql_inventory.all_exprs({})
     drawn = dict(promql_inventory.all_exprs(PORT_DASHBOARD))
-    now = time.time()
     first = prometheus.started
     out: dict[str, dict[str, Any]] = {}
     empty: list[str] = []
@@ -212,19 +211,21 @@ def test_every_dashboard_and_rule_query_returns_data(
     # ovsdb-server, so they are empty; test_vswitchd.py runs them over a real one.
     wanted = [(name, expr) for name, expr in exprs if not promql_inventory.needs_ovsdb(expr)]
 
-    def answers(item: tuple[str, str]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        name, expr = item
-        return prometheus.query(expr, at=now), prometheus.query_range(drawn[name], first, now, 1)
+    with prometheus.frozen() as now:
 
-    # Four at a time, which made no clear difference under TCG (on 6.12, in two different runs:
-    # 119 s one at a time, 106 s four at a time): the guest is CPU-bound while Prometheus works.
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        answered = dict(zip([name for name, _ in wanted], pool.map(answers, wanted), strict=True))
+        def answers(item: tuple[str, str]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+            """The expression's instant result, and the port dashboard's view of it over time."""
+            name, expr = item
+            return prometheus.query(expr, at=now), prometheus.query_range(drawn[name], first, now, 1)
+
+        # Four at a time: Prometheus answers queries concurrently.
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            answered = dict(zip([name for name, _ in wanted], pool.map(answers, wanted), strict=True))
     for name, expr in wanted:
         # The top-port panels join OVSDB's identity onto their ports but keep those without one
         # (joins_identity): with no ovsdb-server here they must show every port, un-joined.
-        result, ranged = answered[name]
-        out[name] = {"expr": drawn[name], "result": ranged}
+        result, shown = answered[name]
+        out[name] = {"expr": drawn[name], "result": shown}
         if promql_inventory.is_condition(name):
             if name in HEALTHY_ALERTS and result:
                 failed_healthy.append(name)

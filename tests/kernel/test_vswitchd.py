@@ -45,6 +45,7 @@ from .vswitchd import (
     Guest,
     OvsHost,
     appctl,
+    background_misses,
     background_ping,
     expected_identity,
     expected_system,
@@ -390,14 +391,15 @@ def test_every_dashboard_and_alert_query_returns_data_joins_included(
     host_prometheus: Prometheus, host_exporter: Exporter, host_nl: OvsNetlink
 ) -> None:
     instance = f"{MGMT_NS_IP}:{EXPORTER_PORT}"
-    # Traffic through both bridges, new flows (upcalls) included, while Prometheus scrapes.
-    pingers = [background_ping(NOVA, OVNK), background_ping(KUBEOVN, EXT)]
+    # Traffic through both bridges, and new flows (upcalls) all along, while Prometheus scrapes.
+    traffic = [background_ping(NOVA, OVNK), background_ping(KUBEOVN, EXT), background_misses(NOVA, OVNK)]
     try:
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
             ready = host_prometheus.query(f'count_over_time(ovs_interface_info{{job="{JOB}"}}[1m])')
             rated = host_prometheus.query("ovs:vport_receive_packets:rate5m > 0")
-            if ready and min(float(r["value"][1]) for r in ready) >= 4 and rated:
+            upcalls = host_prometheus.query("rate(ovs_vport_upcalls_total[1m]) > 0")
+            if ready and min(float(r["value"][1]) for r in ready) >= 4 and rated and upcalls:
                 break
             time.sleep(1)
         else:
@@ -406,16 +408,42 @@ def test_every_dashboard_and_alert_query_returns_data_joins_included(
         empty, unexpected, unjoined, firing = [], [], [], []
         exprs = promql_inventory.all_exprs({})
         started = time.monotonic()
-        # Four at a time, which made no clear difference under TCG (in two different runs: 113 s
-        # one at a time, 131 s four at a time).
-        with ThreadPoolExecutor(max_workers=4) as pool:
-            results = dict(
-                zip(
-                    [name for name, _ in exprs],
-                    pool.map(host_prometheus.query, [e for _, e in exprs]),
-                    strict=True,
+        with host_prometheus.frozen() as now:
+            with ThreadPoolExecutor(max_workers=4) as pool:
+                answers = pool.map(lambda expr: host_prometheus.query(expr, at=now), [e for _, e in exprs])
+                results = dict(zip([name for name, _ in exprs], answers, strict=True))
+            # The port dashboard's identity panel, for one port as a Grafana user picks it, and
+            # the lookup each port alert's annotations make to name the bridge and VM or pod.
+            picked = {
+                "ovs-port/instance": instance,
+                "ovs-port/datapath": DATAPATH,
+                "ovs-port/port": NOVA.port,
+            }
+            identity = {
+                expr: host_prometheus.query(expr, at=now)
+                for name, expr in promql_inventory.all_exprs(picked)
+                if name.startswith("dashboard/ovs-port/") and promql_inventory.needs_ovsdb(expr)
+            }
+            lookups = {
+                query
+                for group in promql_inventory.rule_groups()
+                for rule in group["rules"]
+                for text in rule.get("annotations", {}).values()
+                for query in _ANNOTATION_QUERY.findall(text)
+            }
+            looked_up = {
+                (query, g.port): host_prometheus.query(
+                    # Go's %q quotes as JSON does for these values; the query's own braces stay.
+                    query.replace("%q", "%s")
+                    % tuple(json.dumps(v) for v in (instance, "", DATAPATH, g.port)),
+                    at=now,
                 )
-            )
+                for query in lookups
+                for g in (NOVA, OVNK, KUBEOVN)
+            }
+        print(
+            f"{len(exprs) + len(identity) + len(looked_up)} expressions queried in {time.monotonic() - started:.1f}s"
+        )
         for name, expr in exprs:
             result = results[name]
             if promql_inventory.is_condition(name):
@@ -432,7 +460,6 @@ def test_every_dashboard_and_alert_query_returns_data_joins_included(
                 empty.append(f"{name}: {expr}")
             elif "ovs_interface_info" in expr and not any("bridge" in r["metric"] for r in result):
                 unjoined.append(f"{name}: {expr}")
-        print(f"{len(exprs)} expressions queried in {time.monotonic() - started:.1f}s")
         assert not empty, "expressions without data:\n" + "\n".join(empty)
         assert not unexpected, "upcall expressions with data on a pre-6.2 kernel:\n" + "\n".join(unexpected)
         assert not unjoined, "joins that found no identity:\n" + "\n".join(unjoined)
@@ -460,16 +487,8 @@ def test_every_dashboard_and_alert_query_returns_data_joins_included(
                 }
                 assert {k: shown[g.port].get(k) for k in want} == want, (name, shown[g.port])
 
-        # The port dashboard's identity panel, for one port as a Grafana user picks it.
-        picked = {"ovs-port/instance": instance, "ovs-port/datapath": DATAPATH, "ovs-port/port": NOVA.port}
-        identity = [
-            expr
-            for name, expr in promql_inventory.all_exprs(picked)
-            if name.startswith("dashboard/ovs-port/") and promql_inventory.needs_ovsdb(expr)
-        ]
         assert identity
-        for expr in identity:
-            found = host_prometheus.query(expr)
+        for expr, found in identity.items():
             assert len(found) == 1, (expr, found)
             if "ovs_interface_info" in expr:
                 assert found[0]["metric"]["bridge"] == NOVA.bridge, (expr, found)
@@ -477,25 +496,13 @@ def test_every_dashboard_and_alert_query_returns_data_joins_included(
             else:
                 assert float(found[0]["value"][1]) == 1, (expr, found)  # the OVSDB copy is current
 
-        # The lookup each port alert's annotations make finds the port's bridge and VM or pod.
-        lookups = {
-            query
-            for group in promql_inventory.rule_groups()
-            for rule in group["rules"]
-            for text in rule.get("annotations", {}).values()
-            for query in _ANNOTATION_QUERY.findall(text)
-        }
         assert lookups
         for query in lookups:
             for g in (NOVA, OVNK, KUBEOVN):
-                # Go's %q quotes as JSON does for these values; the query's own braces stay.
-                filled = query.replace("%q", "%s") % tuple(
-                    json.dumps(v) for v in (instance, "", DATAPATH, g.port)
-                )
-                found = host_prometheus.query(filled)
-                assert len(found) == 1 and found[0]["metric"]["bridge"] == g.bridge, (filled, found)
+                found = looked_up[query, g.port]
+                assert len(found) == 1 and found[0]["metric"]["bridge"] == g.bridge, (query, g.port, found)
                 assert found[0]["metric"]["iface_id"] == g.external_ids["iface-id"]
     finally:
-        for pinger in pingers:
-            pinger.terminate()
-            pinger.wait()
+        for proc in traffic:
+            proc.terminate()
+            proc.wait()

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -245,6 +246,24 @@ def ping(src: Guest, dst: Guest, count: int, size: int = 56, interval: float = 0
 def background_ping(src: Guest, dst: Guest, interval: float = 0.2) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         ["ip", "netns", "exec", src.netns, "busybox", "ping", "-q", "-i", str(interval), dst.ip],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+def background_misses(src: Guest, dst: Guest, interval: float = 0.5) -> subprocess.Popen[bytes]:
+    """Frames from ``src`` to ``dst``, each from a source MAC never seen before: each misses the
+    kernel's flows (NORMAL matches the source MAC it learns), so vswitchd handles a steady
+    stream of upcalls, unlike pings whose flows are installed once."""
+    script = (
+        "import itertools, socket, struct, time\n"
+        "s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)\n"
+        "s.bind(('eth0', 0))\n"
+        "for i in itertools.count():\n"
+        f"    s.send(bytes.fromhex('{dst.mac.replace(':', '')}02aa') + struct.pack('!IH', i, 0x88B5) + bytes(46))\n"
+        f"    time.sleep({interval})\n"
+    )
+    return subprocess.Popen(
+        ["ip", "netns", "exec", src.netns, sys.executable, "-c", script],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
 
