@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import gc
 import logging
 import re
 
@@ -301,3 +302,55 @@ def test_a_failed_kernel_read_is_a_failed_kernel_collector() -> None:
     body = collector.scrape(Format.TEXT)
     assert value(body, "ovs_up") == 0
     assert value(body, "ovs_scrape_collector_success", collector="kernel") == 0
+
+
+class GcWatchingSource:
+    """Notes whether Python's cyclic collector is enabled while the kernel is read."""
+
+    def __init__(self, result: list[DatapathDump] | BaseException) -> None:
+        self.result = result
+        self.enabled_during: list[bool] = []
+
+    def collect(self) -> list[DatapathDump]:
+        self.enabled_during.append(gc.isenabled())
+        if isinstance(self.result, BaseException):
+            raise self.result
+        return self.result
+
+
+@pytest.mark.parametrize(
+    "result", [kernel(sample_dp()), OSError(errno.EIO, "I/O error")], ids=["ok", "failed"]
+)
+def test_cyclic_gc_is_paused_during_a_scrape_and_resumed_after(
+    result: list[DatapathDump] | BaseException,
+) -> None:
+    source = GcWatchingSource(result)
+    collector = Collector(source, Filters(), "1")
+    assert gc.isenabled()
+    collector.scrape(Format.TEXT)
+    collector.scrape(Format.OPENMETRICS)
+    assert source.enabled_during == [False, False]
+    assert gc.isenabled()
+
+
+def test_a_cyclic_gc_disabled_before_the_scrape_stays_disabled() -> None:
+    source = GcWatchingSource(kernel(sample_dp()))
+    gc.disable()
+    try:
+        Collector(source, Filters(), "1").scrape(Format.TEXT)
+        assert source.enabled_during == [False]
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+
+
+def test_a_render_that_raises_resumes_the_cyclic_gc(monkeypatch: pytest.MonkeyPatch) -> None:
+    collector = Collector(GcWatchingSource(kernel(sample_dp())), Filters(), "1")
+
+    def broken(*args: object) -> list[bytes]:
+        raise RuntimeError("a bug in the renderer")
+
+    monkeypatch.setattr(collector._renderer, "render", broken)
+    with pytest.raises(RuntimeError, match="a bug"):
+        collector.scrape(Format.TEXT)
+    assert gc.isenabled()
