@@ -250,9 +250,9 @@ def _cyclic_gc_paused() -> Iterator[None]:
 
     A scrape makes a few objects per vport (records, counter tuples) that live until it
     ends, none of them in a reference cycle: reference counting frees every one. The cyclic
-    collector, which runs every 700 allocations, would walk them again and again: at 10,000
-    vports it ran about 50 times per scrape and took 30% of it, at 50,000 vports 44%, so the
-    cost per vport grew with the number of ports (``benchmarks.stages`` measures both ways).
+    collector, which runs every 700 allocations, would walk them again and again, its oldest
+    generation too, so that the cost per vport grew with the number of ports: a scrape of
+    50,000 vports took 1.6 times as long with it running (``benchmarks.stages`` measures both).
     Collections resume when the scrape is over. Entered under the collector's lock, so one
     scrape at a time; a collector that was already disabled stays so.
     """
