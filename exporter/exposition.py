@@ -47,6 +47,12 @@ class VportCounter:
     help: str
     record: int  # the index in wire.Vport of the record read: _STATS or _UPCALL_STATS
     column: Column
+    kind: str = "counter"  # or "gauge", for the one gauge written the same way
+
+    @property
+    def sample(self) -> str:
+        """The name of the family's samples: a counter's ends with ``_total``."""
+        return self.name + "_total" if self.kind == "counter" else self.name
 
 
 def _stat(index: int) -> Column:
@@ -410,9 +416,7 @@ class DatapathRenderer:
                 if template is None:
                     port_labels = port_labels or _port_labels(dp, names)
                     chosen = port_labels if kept is None else [port_labels[i] for i in kept]
-                    template = cached.templates[counter.name] = _sample_template(
-                        counter.name if counter is _UPCALL_HANDLERS_GAUGE else counter.name + "_total", chosen
-                    )
+                    template = cached.templates[counter.name] = _sample_template(counter.sample, chosen)
                 out.append(template % counter.column(present))
             if vport_info:
                 info_key = (dp, tuple(map(_IDENTITY, vports)))
@@ -502,7 +506,7 @@ def _handler_counts(records: Sequence[int]) -> tuple[int, ...]:
 # The vport gauge of the upcalls group, written like a counter family (one cached template per
 # datapath, filled with the handler counts of this scrape's records): its record is the count.
 _UPCALL_HANDLERS_GAUGE = VportCounter(
-    VPORT_UPCALL_HANDLERS[0], VPORT_UPCALL_HANDLERS[1], _HANDLERS, _handler_counts
+    VPORT_UPCALL_HANDLERS[0], VPORT_UPCALL_HANDLERS[1], _HANDLERS, _handler_counts, kind="gauge"
 )
 
 
