@@ -186,9 +186,10 @@ def is_condition(name: str) -> bool:
 
 
 def needs_upcall_stats(expr: str) -> bool:
-    """True when ``expr`` reads per-port upcall counters (kernel 6.2+ only); the handler gauges,
-    read from other attributes, are on every kernel."""
-    return re.search(r"(vport|datapath)_upcall(s|_failure)", expr) is not None
+    """True when ``expr`` reads per-port upcall counters (kernel 6.2+ only), or the per-bridge
+    series recorded from them; the handler gauges, read from other attributes, are on every
+    kernel."""
+    return re.search(r"(vport|datapath|bridge)_upcall(s|_failure)", expr) is not None
 
 
 if __name__ == "__main__":
