@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import logging
 import os
 import select
@@ -34,13 +35,12 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from operator import attrgetter, itemgetter
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-import ovs.db.error
-import ovs.db.idl
-import ovs.jsonrpc
-import ovs.poller
-import ovs.stream
+# The ovs library (and the ssl, uuid and json machinery it brings, about 5 MB of RSS) is imported
+# by the functions that talk to OVSDB, so an exporter without --collector.ovsdb never loads it.
+if TYPE_CHECKING:
+    import ovs.poller
 
 log = logging.getLogger(__name__)
 
@@ -170,15 +170,20 @@ def _text(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
-class _Idl(ovs.db.idl.Idl):  # type: ignore[misc]
+@functools.cache
+def _idl_class() -> Any:
     """The library's Idl, remembering which rows changed (its ``notify`` hook) since the last snapshot."""
+    import ovs.db.idl
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.changed: dict[str, set[Any]] = {}  # table name -> UUIDs of rows created, changed or deleted
+    class ChangeTrackingIdl(ovs.db.idl.Idl):  # type: ignore[misc]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.changed: dict[str, set[Any]] = {}  # table name -> UUIDs of rows created, changed or deleted
 
-    def notify(self, event: str, row: Any, updates: Any = None) -> None:
-        self.changed.setdefault(row._table.name, set()).add(row.uuid)
+        def notify(self, event: str, row: Any, updates: Any = None) -> None:
+            self.changed.setdefault(row._table.name, set()).add(row.uuid)
+
+    return ChangeTrackingIdl
 
 
 def _ref_uuids(row: Any, column: str) -> tuple[Any, ...]:
@@ -288,6 +293,8 @@ def _refresh(
 
 def _describe(err: BaseException | int) -> str:
     if isinstance(err, int):
+        import ovs.jsonrpc
+
         if err == ovs.jsonrpc.EOF:
             return "connection closed by the server"
         return f"{os.strerror(err)} (errno {err} {errno.errorcode.get(err, '?')})"
@@ -391,6 +398,10 @@ class OvsdbReader(Generic[T]):
 
     def _fetch_schema(self) -> dict[str, Any]:
         """The server's schema of the Open_vSwitch database (``get_schema``), within the timeout."""
+        import ovs.jsonrpc
+        import ovs.poller
+        import ovs.stream
+
         deadline = time.monotonic() + self._timeout
         error, stream = ovs.stream.Stream.open_block(
             ovs.stream.Stream.open(self._remote), int(self._timeout * 1000)
@@ -428,6 +439,9 @@ class OvsdbReader(Generic[T]):
 
     def _session(self) -> bool:
         """One connection, from the schema to its loss. True if it reached a complete copy."""
+        import ovs.db.error
+        import ovs.db.idl
+
         try:
             schema_json = self._fetch_schema()
             present, missing = schema_columns(schema_json)
@@ -454,14 +468,16 @@ class OvsdbReader(Generic[T]):
         for table, columns in present.items():
             helper.register_columns(table, columns)
         # leader_only=False: reading from any member of a clustered database is fine.
-        idl = _Idl(self._remote, helper, probe_interval=self._probe_ms, leader_only=False)
+        idl = _idl_class()(self._remote, helper, probe_interval=self._probe_ms, leader_only=False)
         try:
             return self._follow(idl, present)
         finally:
             idl.close()
 
-    def _follow(self, idl: _Idl, present: Mapping[str, list[str]]) -> bool:
+    def _follow(self, idl: Any, present: Mapping[str, list[str]]) -> bool:
         """Run the Idl, publishing a build after each change, until the connection is lost."""
+        import ovs.poller
+
         builder = SnapshotBuilder(present)
         started = time.monotonic()
         settling_since = started

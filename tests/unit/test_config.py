@@ -242,3 +242,15 @@ def test_event_listener_is_on_by_default_and_can_be_turned_off(tmp_path: Path) -
 def test_config_is_frozen() -> None:
     with pytest.raises(AttributeError):
         Config().listen_address = ":1"  # type: ignore[misc]
+
+
+def test_an_exporter_without_ovsdb_or_config_file_never_loads_their_libraries() -> None:
+    # The ovs library and PyYAML are about 8 MB of RSS together: every scrape's peak carries them.
+    code = (
+        "import sys\n"
+        "from exporter import cli, collector, web\n"
+        "cli.load_config(['--web.listen-address', '127.0.0.1:0'])\n"
+        "print(sorted({'ovs', 'yaml'} & {name.partition('.')[0] for name in sys.modules}))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
