@@ -3,9 +3,10 @@
     .venv/bin/python -m benchmarks.memory [--vports 10000] [--top 12]
 
 On the same pre-built kernel dumps as ``benchmarks.scrape``, one ``Collector`` makes three
-scrapes (both formats) with ``tracemalloc`` on from before it was made. Reported: the
-memory its objects hold after the scrapes (the decode and render caches, between two
-scrapes), the highest it reached during them (with a scrape's body and records), and the
+scrapes (both formats) with ``tracemalloc`` on from before it was made, each written into a
+``GzipStream`` as the HTTP server writes it. Reported: the memory its objects hold after the
+scrapes (the decode and render caches, between two scrapes), the highest it reached during
+them (with a scrape's records, the text being deflated and the gzipped body), and the
 lines of the exporter that allocated most of what is held. Python objects only: the
 process's RSS (``benchmarks.scrape``) adds the interpreter, the modules and what the
 allocator keeps.
@@ -17,12 +18,14 @@ import argparse
 import gc
 import sys
 import tracemalloc
+from concurrent.futures import ThreadPoolExecutor
 
 from benchmarks.dataset import PrebuiltKernelSocket, build
 from exporter.collector import Collector
 from exporter.config import Filters
 from exporter.exposition import Format
 from exporter.source import KernelSource
+from exporter.web import GzipStream
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,8 +38,12 @@ def main(argv: list[str] | None = None) -> int:
     tracemalloc.start()
     collector = Collector(KernelSource(lambda: PrebuiltKernelSocket(dataset)), Filters(), "memory")
     body = 0
-    for fmt in (Format.OPENMETRICS, Format.TEXT, Format.OPENMETRICS):
-        body = sum(map(len, collector.scrape_chunks(fmt)))
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        for fmt in (Format.OPENMETRICS, Format.TEXT, Format.OPENMETRICS):
+            stream = GzipStream(pool=pool)
+            collector.scrape_into(fmt, stream.write)
+            stream.finish()
+            body = stream.size
     gc.collect()
     held, peak = tracemalloc.get_traced_memory()
     sites = tracemalloc.take_snapshot().filter_traces([tracemalloc.Filter(True, "*/exporter/*")])

@@ -1,7 +1,7 @@
 """Scrapes that arrive together share one kernel read, one rendering and one encoded body.
 
 Between the HTTP server and the collector. A *generation* is one
-``Collector.scrape_chunks`` (kernel read and exposition) of one format, encoded and
+``Collector.scrape_into`` (kernel read and exposition) of one format, encoded and
 gzipped once. A request joins the generation of its format that is under way, if its
 kernel read began at most ``window`` seconds ago, or else the next one, which every
 request arriving meanwhile shares. So:
@@ -34,7 +34,7 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -52,7 +52,18 @@ STALLED_AFTER = 1.0
 
 
 class Scraper(Protocol):
-    def scrape_chunks(self, fmt: Format) -> list[bytes]: ...
+    def scrape_into(self, fmt: Format, write: Callable[[bytes], object]) -> None: ...
+
+
+class BodyWriter(Protocol):
+    """Where a generation's text goes as it is rendered: it keeps only the gzipped body."""
+
+    size: int  # of the text written
+
+    def write(self, chunk: bytes) -> None: ...
+
+    def finish(self) -> bytes:
+        """The gzip member of everything written."""
 
 
 class Reader(Protocol):
@@ -136,7 +147,7 @@ class Coalescer:
     def __init__(
         self,
         scraper: Scraper,
-        compress: Callable[[Sequence[bytes]], bytes],
+        writer: Callable[[], BodyWriter],
         max_in_flight: int = 0,
         window: float = COALESCE_WINDOW,
         keep: int = BODIES_KEPT,
@@ -145,7 +156,7 @@ class Coalescer:
     ) -> None:
         self._scraper = scraper
         self._max_in_flight = max_in_flight
-        self._compress = compress
+        self._writer = writer
         self._window = window
         self._keep = keep
         self._stalled_after = stalled_after
@@ -214,10 +225,10 @@ class Coalescer:
             state.latest, state.pending = gen, None
             limit = None if gen.unbounded else gen.deadline
         try:
+            writer = self._writer()
             with deadline.within(limit):
-                chunks = self._scraper.scrape_chunks(gen.fmt)
-            gen.body = Body(gen.number, self._compress(chunks), sum(map(len, chunks)))
-            del chunks  # the text: only the gzipped body is kept
+                self._scraper.scrape_into(gen.fmt, writer.write)
+            gen.body = Body(gen.number, writer.finish(), writer.size)
             self.renders += 1
         finally:
             with self._lock:

@@ -31,14 +31,13 @@ import logging
 import math
 import socket
 import ssl
-import struct
 import sys
 import threading
 import time
 import zlib
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -79,14 +78,13 @@ SEND_BUFFER = 1 << 17
 # ISA-L's level 1 of 0-3 (its own scale, not zlib's): on a 10,000-vport body about 8x
 # faster than zlib's level 1 and 10% smaller; see the README's Dependencies section.
 GZIP_LEVEL = 1
-# Bodies at least this large are deflated in two halves at once (see gzip_compress).
-PARALLEL_GZIP_MIN = 1 << 20
-# RFC 1952 header: deflate, no flags, no mtime (so equal bodies give equal bytes),
-# "fastest" (XFL 4), unknown OS.
-_GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x04\xff"
-# zlib's wbits convention, which isal_zlib follows: 16 + 15 a gzip member, -15 raw deflate.
+# Text is handed to the gzip thread once this much of it is waiting (GzipStream); a smaller body
+# is deflated on the render thread once complete. Small, so that little is left to deflate
+# after the last family is rendered; large enough that the hand-overs (one thread switch
+# each, about 40 per 10 MB body) cost nothing next to deflating.
+PARALLEL_GZIP_MIN = 1 << 18
+# zlib's wbits convention, which isal_zlib follows: 16 + 15 a gzip member.
 _GZIP_WBITS = 16 + isal_zlib.MAX_WBITS
-_RAW_DEFLATE_WBITS = -isal_zlib.MAX_WBITS
 
 
 def negotiate_format(accept: str | None) -> Format:
@@ -112,56 +110,64 @@ def accepts_gzip(accept_encoding: str | None) -> bool:
     return False
 
 
-def _deflate(parts: Sequence[memoryview | bytes], level: int, wbits: int, last: bool) -> bytes:
-    compressor = isal_zlib.compressobj(level, isal_zlib.DEFLATED, wbits)
-    out = [compressor.compress(part) for part in parts]
-    # A sync flush ends the first half on a byte boundary, so the second half's raw deflate
-    # stream can follow it directly (as pigz joins its blocks).
-    out.append(compressor.flush(isal_zlib.Z_FINISH if last else isal_zlib.Z_SYNC_FLUSH))
-    return b"".join(out)
+class GzipStream:
+    """One gzip member, deflated as the body is written: the text is let go as soon as it is in.
 
-
-def _halves(chunks: Sequence[bytes], half: int) -> tuple[list[memoryview], list[memoryview]]:
-    """The chunks as two runs of views, the first holding exactly ``half`` bytes."""
-    first: list[memoryview] = []
-    second: list[memoryview] = []
-    seen = 0
-    for chunk in chunks:
-        view = memoryview(chunk)
-        if seen >= half:
-            second.append(view)
-        elif seen + len(view) <= half:
-            first.append(view)
-        else:
-            first.append(view[: half - seen])
-            second.append(view[half - seen :])
-        seen += len(view)
-    return first, second
-
-
-def gzip_compress(chunks: Sequence[bytes], level: int = GZIP_LEVEL, parallel: bool = True) -> bytes:
-    """One gzip member holding the chunks, in order, as any gzip reader expects.
-
-    Deflate is ISA-L's (python-isal), which writes the same standard deflate
-    stream as zlib, several times faster. It releases the GIL while it
-    deflates, so a large body is cut in two halves deflated at the same time on
-    two cores: about half the wall time, for a body a few bytes larger. The
-    CRC of the whole body is computed meanwhile (also without the GIL).
-    ``parallel=False`` uses one core. The chunks are fed to the compressor one by
-    one, never joined into one more copy of the body.
+    Deflate is ISA-L's (python-isal), which writes the same standard deflate stream
+    as zlib, several times faster, and releases the GIL while it deflates. With a
+    ``pool`` (one thread), the text is deflated there, a batch of at least
+    ``PARALLEL_GZIP_MIN`` bytes at a time, while the render thread makes the next
+    family: on two cores, deflating costs the scrape little more than its last
+    batch. At most two batches of text are alive at once, the one being deflated and
+    the one being gathered, so a scrape's memory does not grow with its body.
+    ``write`` may only be called from one thread; ``finish`` ends the member.
     """
-    total = sum(map(len, chunks))
-    if total < PARALLEL_GZIP_MIN or not parallel:
-        return _deflate(chunks, level, _GZIP_WBITS, True)
-    first, second = _halves(chunks, total // 2)
+
+    def __init__(self, level: int = GZIP_LEVEL, pool: ThreadPoolExecutor | None = None) -> None:
+        self._compressor = isal_zlib.compressobj(level, isal_zlib.DEFLATED, _GZIP_WBITS)
+        self._pool = pool
+        self._gathered: list[bytes] = []
+        self._gathered_size = 0
+        self._deflating: Future[None] | None = None
+        self._out: list[bytes] = []
+        self.size = 0  # of the text written so far
+
+    def write(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        self._gathered.append(chunk)
+        self._gathered_size += len(chunk)
+        if self._pool is not None and self._gathered_size >= PARALLEL_GZIP_MIN:
+            self._hand_over(self._pool)
+
+    def finish(self) -> bytes:
+        """The whole gzip member (header, deflate stream, CRC and size trailer)."""
+        if self._deflating is not None:
+            self._deflating.result()
+        self._deflate(self._gathered)
+        self._gathered = []
+        self._out.append(self._compressor.flush(isal_zlib.Z_FINISH))
+        return b"".join(self._out)
+
+    def _hand_over(self, pool: ThreadPoolExecutor) -> None:
+        batch, self._gathered, self._gathered_size = self._gathered, [], 0
+        if self._deflating is not None:
+            self._deflating.result()  # the compressor takes one batch at a time, in order
+        self._deflating = pool.submit(self._deflate, batch)
+
+    def _deflate(self, batch: list[bytes]) -> None:
+        self._out.extend([self._compressor.compress(chunk) for chunk in batch])
+
+
+def gzip_compress(chunks: Iterable[bytes], level: int = GZIP_LEVEL, parallel: bool = True) -> bytes:
+    """One gzip member holding the chunks, in order, as any gzip reader expects (``GzipStream``).
+
+    ``parallel=False`` deflates on the calling thread only.
+    """
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="gzip") as pool:
-        tail = pool.submit(_deflate, second, level, _RAW_DEFLATE_WBITS, True)
-        head = _deflate(first, level, _RAW_DEFLATE_WBITS, False)
-        crc = 0
+        stream = GzipStream(level, pool if parallel else None)
         for chunk in chunks:
-            crc = isal_zlib.crc32(chunk, crc)
-        trailer = struct.pack("<II", crc, total & 0xFFFFFFFF)
-        return b"".join((_GZIP_HEADER, head, tail.result(), trailer))
+            stream.write(chunk)
+        return stream.finish()
 
 
 def landing_page(telemetry_path: str, version: str) -> bytes:
@@ -532,7 +538,9 @@ class MetricsServer(ThreadingHTTPServer):
         self.write_timeout = write_timeout
         self.max_connections = max_connections
         self.metrics = metrics or HttpMetrics()
-        self.coalescer = Coalescer(scraper, gzip_compress, max_requests)
+        # One thread deflates every body as it is rendered (GzipStream), so its memory is one arena.
+        self._gzip = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gzip")
+        self.coalescer = Coalescer(scraper, lambda: GzipStream(pool=self._gzip), max_requests)
         self.metrics.coalescer = self.coalescer
         self._connections: dict[socket.socket, _Connection] = {}
         self._connections_lock = threading.Lock()
@@ -615,6 +623,7 @@ class MetricsServer(ThreadingHTTPServer):
     def server_close(self) -> None:
         super().server_close()
         self.coalescer.close()
+        self._gzip.shutdown(wait=False)
 
     @property
     def port(self) -> int:

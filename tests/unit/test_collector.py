@@ -347,10 +347,10 @@ def test_a_cyclic_gc_disabled_before_the_scrape_stays_disabled() -> None:
 def test_a_render_that_raises_resumes_the_cyclic_gc(monkeypatch: pytest.MonkeyPatch) -> None:
     collector = Collector(GcWatchingSource(kernel(sample_dp())), Filters(), "1")
 
-    def broken(*args: object) -> list[bytes]:
+    def broken(*args: object) -> None:
         raise RuntimeError("a bug in the renderer")
 
-    monkeypatch.setattr(collector._renderer, "render", broken)
+    monkeypatch.setattr(collector._renderer, "render_into", broken)
     with pytest.raises(RuntimeError, match="a bug"):
         collector.scrape(Format.TEXT)
     assert gc.isenabled()
