@@ -6,9 +6,10 @@ Compresses the body of one scrape (OpenMetrics, every sample, as Prometheus gets
 one core with: the standard library's zlib at levels 1 (the exporter's former choice)
 and 6; python-isal (the exporter's dependency) at its levels 0-3; and, when the
 ``zlib-ng`` package is installed (``.venv/bin/pip install zlib-ng``; not a dependency),
-zlib-ng at levels 1 and 2. Then the exporter's ``gzip_compress`` as it runs in a scrape
-(two cores above 1 MiB). Every output is checked to decompress to the body with Python's
-gzip reader. Each time is the fastest of ``--runs``: the least disturbed by other work.
+zlib-ng at levels 1 and 2. Then the exporter's ``gzip_compress`` (its ``GzipStream``, as a
+scrape deflates its body, in batches as it is written). Every output is checked to decompress
+to the body with Python's gzip reader. Each time is the fastest of ``--runs``: the least
+disturbed by other work.
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# body of {args.vports:,} vports, OpenMetrics: {len(body) / 1e6:.2f} MB\n")
     print("| compressor | ms | gzipped MB | ratio | ms relative to zlib level 1 |")
     print("|---|---:|---:|---:|---:|")
-    rows = [*candidates(body), (f"exporter gzip_compress (isal level {GZIP_LEVEL}, two cores)",
+    rows = [*candidates(body), (f"exporter gzip_compress (isal level {GZIP_LEVEL}, batches)",
                                 lambda: gzip_compress(chunks))]  # fmt: skip
     reference = None
     for name, fn in rows:

@@ -18,7 +18,6 @@ import argparse
 import gc
 import sys
 import tracemalloc
-from concurrent.futures import ThreadPoolExecutor
 
 from benchmarks.dataset import PrebuiltKernelSocket, build
 from exporter.collector import Collector
@@ -38,12 +37,11 @@ def main(argv: list[str] | None = None) -> int:
     tracemalloc.start()
     collector = Collector(KernelSource(lambda: PrebuiltKernelSocket(dataset)), Filters(), "memory")
     body = 0
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        for fmt in (Format.OPENMETRICS, Format.TEXT, Format.OPENMETRICS):
-            stream = GzipStream(pool=pool)
-            collector.scrape_into(fmt, stream.write)
-            stream.finish()
-            body = stream.size
+    for fmt in (Format.OPENMETRICS, Format.TEXT, Format.OPENMETRICS):
+        stream = GzipStream()
+        collector.scrape_into(fmt, stream.write)
+        stream.finish()
+        body = stream.size
     gc.collect()
     held, peak = tracemalloc.get_traced_memory()
     sites = tracemalloc.take_snapshot().filter_traces([tracemalloc.Filter(True, "*/exporter/*")])

@@ -14,8 +14,8 @@ every port costs), ``body`` (a whole ``Collector.scrape_chunks`` with the export
 families, as bytes), ``body, gc not paused`` (the same with Python's cyclic collector left to
 run during the scrape, as it did before the collector paused it), ``gzip``
 (``web.gzip_compress`` of that body, once it is whole: deflating alone) and ``body + gzip``
-(the scrape as the server makes it, written into a ``web.GzipStream`` that deflates on a
-second thread while the next families are rendered). Each figure is the fastest of several
+(the scrape as the server makes it, written into a ``web.GzipStream`` that deflates the text
+as it comes). Each figure is the fastest of several
 runs, per vport: the least disturbed by other work on the machine.
 """
 
@@ -27,7 +27,6 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 
 from benchmarks.dataset import PrebuiltKernelSocket, build
 from exporter import collector as collector_module
@@ -82,14 +81,13 @@ def measure(vports: int) -> list[float]:
     unpaused = _fastest_unpaused(collector, runs)
     render, cold = _fastest_render(source.collect(), runs)
     deflate = _fastest_gzip(collector.scrape_chunks(Format.OPENMETRICS), runs)
-    with ThreadPoolExecutor(max_workers=1) as pool:
 
-        def served() -> bytes:
-            stream = GzipStream(pool=pool)
-            collector.scrape_into(Format.OPENMETRICS, stream.write)
-            return stream.finish()
+    def served() -> bytes:
+        stream = GzipStream()
+        collector.scrape_into(Format.OPENMETRICS, stream.write)
+        return stream.finish()
 
-        streamed = fastest(served, runs)
+    streamed = fastest(served, runs)
     return [collect, cold_collect, render, cold, body, unpaused, deflate, streamed]
 
 

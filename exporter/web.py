@@ -37,7 +37,6 @@ import time
 import zlib
 from collections import Counter
 from collections.abc import Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -78,11 +77,9 @@ SEND_BUFFER = 1 << 17
 # ISA-L's level 1 of 0-3 (its own scale, not zlib's): on a 10,000-vport body about 8x
 # faster than zlib's level 1 and 10% smaller; see the README's Dependencies section.
 GZIP_LEVEL = 1
-# Text is handed to the gzip thread once this much of it is waiting (GzipStream); a smaller body
-# is deflated on the render thread once complete. Small, so that little is left to deflate
-# after the last family is rendered; large enough that the hand-overs (one thread switch
-# each, about 40 per 10 MB body) cost nothing next to deflating.
-PARALLEL_GZIP_MIN = 1 << 18
+# Text is deflated once this much of it is waiting (GzipStream): few enough calls into ISA-L
+# that each is worth making, and little text alive at once.
+GZIP_BATCH = 1 << 18
 # zlib's wbits convention, which isal_zlib follows: 16 + 15 a gzip member.
 _GZIP_WBITS = 16 + isal_zlib.MAX_WBITS
 
@@ -114,21 +111,17 @@ class GzipStream:
     """One gzip member, deflated as the body is written: the text is let go as soon as it is in.
 
     Deflate is ISA-L's (python-isal), which writes the same standard deflate stream
-    as zlib, several times faster, and releases the GIL while it deflates. With a
-    ``pool`` (one thread), the text is deflated there, a batch of at least
-    ``PARALLEL_GZIP_MIN`` bytes at a time, while the render thread makes the next
-    family: on two cores, deflating costs the scrape little more than its last
-    batch. At most two batches of text are alive at once, the one being deflated and
-    the one being gathered, so a scrape's memory does not grow with its body.
-    ``write`` may only be called from one thread; ``finish`` ends the member.
+    as zlib, several times faster. The text is deflated ``GZIP_BATCH`` bytes or more
+    at a time, as the scrape writes it, so a scrape never holds more than a batch and
+    the chunk being written, whatever the size of its body. (Deflating on a second
+    thread while the next family is rendered was measured no faster on two cores, and
+    held more: docs/performance.md.)
     """
 
-    def __init__(self, level: int = GZIP_LEVEL, pool: ThreadPoolExecutor | None = None) -> None:
+    def __init__(self, level: int = GZIP_LEVEL) -> None:
         self._compressor = isal_zlib.compressobj(level, isal_zlib.DEFLATED, _GZIP_WBITS)
-        self._pool = pool
         self._gathered: list[bytes] = []
         self._gathered_size = 0
-        self._deflating: Future[None] | None = None
         self._out: list[bytes] = []
         self.size = 0  # of the text written so far
 
@@ -136,38 +129,27 @@ class GzipStream:
         self.size += len(chunk)
         self._gathered.append(chunk)
         self._gathered_size += len(chunk)
-        if self._pool is not None and self._gathered_size >= PARALLEL_GZIP_MIN:
-            self._hand_over(self._pool)
+        if self._gathered_size >= GZIP_BATCH:
+            self._deflate()
 
     def finish(self) -> bytes:
         """The whole gzip member (header, deflate stream, CRC and size trailer)."""
-        if self._deflating is not None:
-            self._deflating.result()
-        self._deflate(self._gathered)
-        self._gathered = []
+        self._deflate()
         self._out.append(self._compressor.flush(isal_zlib.Z_FINISH))
-        return b"".join(self._out)
+        out, self._out = self._out, []
+        return b"".join(out)
 
-    def _hand_over(self, pool: ThreadPoolExecutor) -> None:
-        batch, self._gathered, self._gathered_size = self._gathered, [], 0
-        if self._deflating is not None:
-            self._deflating.result()  # the compressor takes one batch at a time, in order
-        self._deflating = pool.submit(self._deflate, batch)
-
-    def _deflate(self, batch: list[bytes]) -> None:
-        self._out.extend([self._compressor.compress(chunk) for chunk in batch])
+    def _deflate(self) -> None:
+        self._out.extend([self._compressor.compress(chunk) for chunk in self._gathered])
+        self._gathered, self._gathered_size = [], 0
 
 
-def gzip_compress(chunks: Iterable[bytes], level: int = GZIP_LEVEL, parallel: bool = True) -> bytes:
-    """One gzip member holding the chunks, in order, as any gzip reader expects (``GzipStream``).
-
-    ``parallel=False`` deflates on the calling thread only.
-    """
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="gzip") as pool:
-        stream = GzipStream(level, pool if parallel else None)
-        for chunk in chunks:
-            stream.write(chunk)
-        return stream.finish()
+def gzip_compress(chunks: Iterable[bytes], level: int = GZIP_LEVEL) -> bytes:
+    """One gzip member holding the chunks, in order, as any gzip reader expects (``GzipStream``)."""
+    stream = GzipStream(level)
+    for chunk in chunks:
+        stream.write(chunk)
+    return stream.finish()
 
 
 def landing_page(telemetry_path: str, version: str) -> bytes:
@@ -538,9 +520,7 @@ class MetricsServer(ThreadingHTTPServer):
         self.write_timeout = write_timeout
         self.max_connections = max_connections
         self.metrics = metrics or HttpMetrics()
-        # One thread deflates every body as it is rendered (GzipStream), so its memory is one arena.
-        self._gzip = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gzip")
-        self.coalescer = Coalescer(scraper, lambda: GzipStream(pool=self._gzip), max_requests)
+        self.coalescer = Coalescer(scraper, GzipStream, max_requests)
         self.metrics.coalescer = self.coalescer
         self._connections: dict[socket.socket, _Connection] = {}
         self._connections_lock = threading.Lock()
@@ -623,7 +603,6 @@ class MetricsServer(ThreadingHTTPServer):
     def server_close(self) -> None:
         super().server_close()
         self.coalescer.close()
-        self._gzip.shutdown(wait=False)
 
     @property
     def port(self) -> int:
