@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import enum
 import operator
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -387,7 +387,6 @@ class DatapathRenderer:
 
     def __init__(self) -> None:
         self._counters: dict[tuple[str, int], _Counters] = {}
-        self._previous_counters: dict[tuple[str, int], _Counters] = {}
         self._info: dict[str, tuple[object, bytes]] = {}
 
     def render(
@@ -417,11 +416,11 @@ class DatapathRenderer:
         always served. A family with no samples (no vports, or upcall stats on a
         kernel before 6.2) is left out entirely: absent means "not reported", never zero.
         """
-        self._previous_counters, self._counters = self._counters, {}
+        previous_counters, self._counters = self._counters, {}
         previous_info, self._info = self._info, {}
         ports = [_Ports(dump) for dump in dumps if dump.vports]
         for counter in counters:
-            self._write_family(write, fmt, counter, ports)
+            self._write_family(write, fmt, counter, ports, previous_counters)
 
         if vport_info and ports:
             write(family_header(VPORT_INFO[0], "info", VPORT_INFO[1], fmt).encode())
@@ -452,16 +451,22 @@ class DatapathRenderer:
         # elsewhere rather than read wrongly (a family of the datapath's handler counts).
         if any(counter.name == "ovs_vport_upcalls" for counter in counters):
             per_vport = [port for port in ports if port.dump.datapath.per_cpu_dispatch is False]
-            self._write_family(write, fmt, _UPCALL_HANDLERS_GAUGE, per_vport)
-        self._previous_counters = {}
+            self._write_family(write, fmt, _UPCALL_HANDLERS_GAUGE, per_vport, previous_counters)
 
     def _write_family(
-        self, write: Callable[[bytes], object], fmt: Format, counter: VportCounter, ports: Sequence[_Ports]
+        self,
+        write: Callable[[bytes], object],
+        fmt: Format,
+        counter: VportCounter,
+        ports: Sequence[_Ports],
+        previous: Mapping[tuple[str, int], _Counters],
     ) -> None:
-        """One family's samples, a datapath at a time; its header only if it has any."""
+        """One family's samples, a datapath at a time; its header only if it has any.
+
+        ``previous``: the last scrape's cache entries, which this scrape's may reuse."""
         header = True
         for port in ports:
-            cached, present, kept = self._group(port, counter.record)
+            cached, present, kept = self._group(port, counter.record, previous)
             if not present:
                 continue
             template = cached.template
@@ -477,7 +482,7 @@ class DatapathRenderer:
             write(template % tuple(fields))
 
     def _group(
-        self, port: _Ports, record: int
+        self, port: _Ports, record: int, previous: Mapping[tuple[str, int], _Counters]
     ) -> tuple[_Counters, list[tuple[int, ...]], tuple[int, ...] | None]:
         """The cache entry of one datapath's counter record, with the ports' records of this scrape."""
         group = port.groups.get(record)
@@ -489,7 +494,7 @@ class DatapathRenderer:
                 kept = tuple(i for i, one in enumerate(present) if one is not None)
                 present = [present[i] for i in kept]
             identity = (port.dp, port.names, kept)
-            cached = self._previous_counters.get((port.dp, record))
+            cached = previous.get((port.dp, record))
             if cached is None or cached.identity != identity:
                 cached = _Counters(identity)
             self._counters[(port.dp, record)] = cached
