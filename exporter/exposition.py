@@ -444,7 +444,7 @@ class DatapathRenderer:
             if dp_lines:
                 write(family_header(metric.name, metric.kind, metric.help, fmt).encode())
                 write("".join(dp_lines).encode())
-        for chunk in render_upcall_dispatch(dumps, fmt, vport_handlers=False):
+        for chunk in render_upcall_dispatch(dumps, fmt):
             write(chunk.encode())
         # ovs_vport_upcall_handlers belongs to the "upcalls" group, like the upcall counters. A
         # vport's upcall PIDs only matter in per-vport dispatch mode: the gauge is left out
@@ -556,15 +556,12 @@ _UPCALL_HANDLERS_GAUGE = VportCounter(
 )
 
 
-def render_upcall_dispatch(
-    dumps: Sequence[DatapathDump], fmt: Format, vport_handlers: bool = True
-) -> list[str]:
-    """``ovs_datapath_info`` and, for datapaths in per-vport dispatch mode, ``ovs_vport_upcall_handlers``.
+def render_upcall_dispatch(dumps: Sequence[DatapathDump], fmt: Format) -> list[str]:
+    """``ovs_datapath_info``: each datapath's upcall dispatch mode and feature bits.
 
-    A vport's PIDs only matter in per-vport mode (per-CPU mode sends every upcall to the
-    datapath's per-CPU PIDs), so the gauge is left out elsewhere rather than read wrongly.
+    The per-vport ``ovs_vport_upcall_handlers`` gauge is written by ``DatapathRenderer``,
+    from its cached templates, for datapaths in per-vport dispatch mode only.
     """
-    out: list[str] = []
     info_lines = []
     for dump in dumps:
         labels = _datapath_labels(dump)
@@ -573,20 +570,9 @@ def render_upcall_dispatch(
             dispatch = "per-cpu" if dump.datapath.per_cpu_dispatch else "per-vport"
             labels += f',upcall_dispatch="{dispatch}",user_features="{features_label(features)}"'
         info_lines.append(f"ovs_datapath_info{{{labels}}} 1\n")
-    if info_lines:
-        out.append(family_header(DATAPATH_INFO[0], "info", DATAPATH_INFO[1], fmt))
-        out.append("".join(info_lines))
-    handler_lines = [
-        f'{VPORT_UPCALL_HANDLERS[0]}{{{_datapath_labels(dump)},port="{escape_label_value(v.name)}"}} {n}\n'
-        for dump in dumps
-        if vport_handlers and dump.datapath.per_cpu_dispatch is False
-        for v in dump.vports
-        if (n := v.upcall_handlers) is not None
-    ]
-    if handler_lines:
-        out.append(family_header(VPORT_UPCALL_HANDLERS[0], "gauge", VPORT_UPCALL_HANDLERS[1], fmt))
-        out.append("".join(handler_lines))
-    return out
+    if not info_lines:
+        return []
+    return [family_header(DATAPATH_INFO[0], "info", DATAPATH_INFO[1], fmt), "".join(info_lines)]
 
 
 def render_gauge(name: str, help_text: str, value: float, fmt: Format) -> str:
