@@ -28,8 +28,8 @@ from benchmarks.dataset import PrebuiltKernelSocket, build
 from exporter.collector import Collector
 from exporter.config import Filters
 from exporter.exposition import Format
-from exporter.source import KernelSource
-from exporter.web import GZIP_LEVEL, gzip_compress
+from exporter.http.server import GZIP_LEVEL, gzip_compress
+from exporter.kernel.dumps import KernelSource
 
 _GZIP = 31  # wbits: a gzip member
 

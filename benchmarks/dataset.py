@@ -15,8 +15,9 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from exporter import wire
-from exporter.source import FamilyNotFoundError
+from exporter.kernel.families.datapath import OVS_DATAPATH_FAMILY
+from exporter.kernel.families.vport import OVS_VPORT_FAMILY
+from exporter.kernel.genl import FamilyNotFoundError
 from tests import ovs_messages as om
 
 # Several datapaths, one of them holding most ports, as on a hypervisor with a
@@ -154,9 +155,9 @@ class PrebuiltKernelSocket:
         self._pending: Iterator[bytes] = iter(())
 
     def family_id(self, name: str) -> int:
-        if name == wire.OVS_DATAPATH_FAMILY:
+        if name == OVS_DATAPATH_FAMILY:
             return om.DATAPATH_FAMILY_ID
-        if name == wire.OVS_VPORT_FAMILY:
+        if name == OVS_VPORT_FAMILY:
             return om.VPORT_FAMILY_ID
         raise FamilyNotFoundError(name)
 

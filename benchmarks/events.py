@@ -4,7 +4,7 @@ Three exporter servers over the same pre-built dumps (``benchmarks.dataset``), e
 process: without the listener (``--no-collector.events``), with it idle, and with it receiving a
 steady stream of vport notifications. The notifications come from a fourth process (standing in
 for the kernel) through a Unix datagram socket in place of the netlink one; everything else is
-the listener's real code (``exporter.events``), in its own thread. The driver scrapes the three
+the listener's real code (``exporter.kernel.events``), in its own thread. The driver scrapes the three
 in turn, round after round, so all three see the same background load, and reports each one's
 median and the median over the rounds of with/without.
 
@@ -63,9 +63,9 @@ def serve(mode: str, vports: int, path: str) -> None:
     from exporter import __version__
     from exporter.collector import Collector
     from exporter.config import Filters
-    from exporter.events import EventListener
-    from exporter.source import KernelSource
-    from exporter.web import MetricsServer
+    from exporter.http.server import MetricsServer
+    from exporter.kernel.dumps import KernelSource
+    from exporter.kernel.events import EventListener
     from tests.fake_events import FakeControl
 
     dataset = build(vports)

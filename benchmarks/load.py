@@ -327,8 +327,8 @@ def inflate_cost(vports: int) -> str:
     from exporter.collector import Collector
     from exporter.config import Filters
     from exporter.exposition import Format
-    from exporter.source import KernelSource
-    from exporter.web import _inflated, gzip_compress
+    from exporter.http.server import _inflated, gzip_compress
+    from exporter.kernel.dumps import KernelSource
 
     dataset = build(vports)
     collector = Collector(KernelSource(lambda: PrebuiltKernelSocket(dataset)), Filters(), "bench")

@@ -23,8 +23,8 @@ from benchmarks.dataset import PrebuiltKernelSocket, build
 from exporter.collector import Collector
 from exporter.config import Filters
 from exporter.exposition import Format
-from exporter.source import KernelSource
-from exporter.web import GzipStream
+from exporter.http.server import GzipStream
+from exporter.kernel.dumps import KernelSource
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,6 +9,8 @@ and times each scrape from connect to last byte.
 
     .venv/bin/python -m benchmarks.scrape            # the full run documented in docs/performance.md
     .venv/bin/python -m benchmarks.scrape --sizes 1000 --soak 0 --no-baseline   # a quick look
+    .venv/bin/python -m benchmarks.scrape --sizes 10000 --no-baseline --concurrency-size 0 --soak 0 \
+        --ovsdb-size 0 --against HEAD~1   # this change against the last commit, side by side
 
 Reported per size: median scrape time, cost per vport, peak RSS (VmHWM of the
 server process, which also holds the pre-built dump bytes: ``dataset MB``) and
@@ -19,6 +21,7 @@ against two sequential ones, and RSS over a long run of scrapes.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gzip
 import http.client
 import json
@@ -28,8 +31,10 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -68,8 +73,8 @@ def serve(implementation: str, vports: int, ovsdb: str | None = None) -> None:
         from exporter import __version__
         from exporter.collector import Collector
         from exporter.config import Filters
-        from exporter.source import KernelSource
-        from exporter.web import MetricsServer
+        from exporter.http.server import MetricsServer
+        from exporter.kernel.dumps import KernelSource
 
         source = KernelSource(lambda: PrebuiltKernelSocket(dataset))
         sources = []
@@ -100,7 +105,7 @@ def _start_ovsdb(remote: str, sources: list[object]) -> str:
     """Start the OVSDB source, wait for its first copy, add a port: " <bytes> <first s> <change s>"."""
     import gc
 
-    from exporter.identity import DEFAULT_EXTERNAL_IDS, IdentitySource
+    from exporter.ovsdb.identity import DEFAULT_EXTERNAL_IDS, IdentitySource
 
     gc.collect()
     before = _rss_bytes()
@@ -145,13 +150,17 @@ def get_metrics(port: int, path: str = "/metrics") -> tuple[float, http.client.H
 class Server:
     """One implementation at one size, in its own process."""
 
-    def __init__(self, implementation: str, vports: int, ovsdb: str | None = None) -> None:
+    def __init__(
+        self, implementation: str, vports: int, ovsdb: str | None = None, root: Path = REPO_ROOT
+    ) -> None:
         self.implementation = implementation
         self.vports = vports
+        # ``root``: the checkout whose exporter (and benchmark server) runs: ``python -m`` puts the
+        # working directory first on sys.path, ahead of the virtualenv's editable install.
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "benchmarks.scrape", "--serve", implementation, "--vports", str(vports)]
             + (["--ovsdb", ovsdb] if ovsdb else []),
-            cwd=REPO_ROOT,
+            cwd=root,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -369,6 +378,60 @@ def measure_ovsdb(vports: int, interfaces: int, rounds: int) -> OvsdbCost:
     )  # fmt: skip
 
 
+@dataclass
+class Against:
+    revision: str
+    vports: int
+    rounds: int
+    this_ms: float  # median scrape of this checkout's exporter
+    other_ms: float  # median scrape of the exporter at ``revision``
+    ratio: float  # median over the rounds of this / other within the round
+    this_peak_rss_mb: float
+    other_peak_rss_mb: float
+
+
+@contextlib.contextmanager
+def checkout(revision: str) -> Iterator[Path]:
+    """A detached git worktree of ``revision`` in a temporary directory, removed afterwards."""
+    with tempfile.TemporaryDirectory(prefix="bench-against-") as tmp:
+        path = Path(tmp) / "checkout"
+        git = ["git", "-C", str(REPO_ROOT), "worktree"]
+        subprocess.run([*git, "add", "--detach", "--quiet", str(path), revision], check=True)
+        try:
+            yield path
+        finally:
+            subprocess.run([*git, "remove", "--force", str(path)], check=False)
+
+
+def measure_against(revision: str, vports: int, rounds: int) -> Against:
+    """This checkout's exporter and the one at ``revision``, side by side: both servers up, turn about.
+
+    Each round scrapes both, the first alternating, so both see the same background load; the
+    figure to read is the median of the rounds' ratios (this / other): 1.00 is no change.
+    """
+    with checkout(revision) as other_root:
+        this, other = Server("exporter", vports), Server("exporter", vports, root=other_root)
+        try:
+            this.scrape(check=True)
+            other.scrape(check=True)
+            times_this, times_other, ratios = [], [], []
+            for i in range(rounds):
+                a, b = (this, other) if i % 2 == 0 else (other, this)
+                ta, tb = a.scrape(), b.scrape()
+                t_this, t_other = (ta, tb) if a is this else (tb, ta)
+                times_this.append(t_this)
+                times_other.append(t_other)
+                ratios.append(t_this / t_other)
+            peaks = this.memory_mb("VmHWM"), other.memory_mb("VmHWM")
+        finally:
+            this.stop()
+            other.stop()
+    return Against(
+        revision, vports, rounds, statistics.median(times_this) * 1e3, statistics.median(times_other) * 1e3,
+        statistics.median(ratios), *peaks,
+    )  # fmt: skip
+
+
 def machine() -> dict[str, str]:
     model = "unknown"
     for line in subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout.splitlines():
@@ -433,6 +496,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--soak-size", type=int, default=10000)
     p.add_argument("--ovsdb-size", type=int, default=10000, help="vports and OVSDB interfaces (0 to skip)")
     p.add_argument("--ovsdb-rounds", type=int, default=31)
+    p.add_argument("--against", metavar="REV", help="also scrape the exporter at this revision side by side")
+    p.add_argument("--against-size", type=int, default=10000)
+    p.add_argument("--against-rounds", type=int, default=41)
     p.add_argument("--json", type=Path, help="also write every figure to this file")
     p.add_argument("--ovsdb", help=argparse.SUPPRESS)
     p.add_argument("--serve", choices=IMPLEMENTATIONS, help=argparse.SUPPRESS)
@@ -487,6 +553,13 @@ def main(argv: list[str] | None = None) -> int:
               f" {o.idle_rss_off_mb:.1f} MB off, {o.idle_rss_on_mb:.1f} MB on);"
               f" first copy and build {o.build_ms:.0f} ms, again after one port added"
               f" {o.change_build_ms:.0f} ms")  # fmt: skip
+    if args.against:
+        a = measure_against(args.against, args.against_size, args.against_rounds)
+        report["against"] = asdict(a)
+        print(f"\nside by side with {a.revision} at {a.vports:,} vports, {a.rounds} rounds: median scrape"
+              f" {a.this_ms:.1f} ms here, {a.other_ms:.1f} ms there; here/there, median of the rounds'"
+              f" ratios: {a.ratio:.3f}; peak RSS {a.this_peak_rss_mb:.1f} MB here,"
+              f" {a.other_peak_rss_mb:.1f} MB there")  # fmt: skip
     # Other work on the machine skews every figure: the load average says how quiet it was.
     info["loadavg_at_end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
     print(f"\nload average at start {info['loadavg_at_start']}, at end {info['loadavg_at_end']}")

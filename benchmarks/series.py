@@ -253,8 +253,8 @@ def dataset_exporter(vports: int, scenario: str) -> Iterator[tuple[int, int]]:
     from exporter import __version__
     from exporter.collector import Collector
     from exporter.config import Filters
-    from exporter.source import KernelSource
-    from exporter.web import MetricsServer
+    from exporter.http.server import MetricsServer
+    from exporter.kernel.dumps import KernelSource
 
     sock = _moving_socket(vports, scenario)
     source = KernelSource(lambda: sock)

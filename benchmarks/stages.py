@@ -32,10 +32,10 @@ from benchmarks.dataset import PrebuiltKernelSocket, build
 from exporter import collector as collector_module
 from exporter.collector import Collector
 from exporter.config import Filters
-from exporter.exposition import DatapathRenderer, Format, render_datapaths
-from exporter.model import DatapathDump
-from exporter.source import KernelSource
-from exporter.web import GzipStream, gzip_compress
+from exporter.exposition import Format
+from exporter.http.server import GzipStream, gzip_compress
+from exporter.kernel.dump_metrics import DatapathRenderer, render_datapaths
+from exporter.kernel.dumps import DatapathDump, KernelSource
 
 
 def fastest(fn: Callable[[], object], runs: int) -> float:

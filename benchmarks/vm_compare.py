@@ -36,7 +36,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 from benchmarks.scrape import get_metrics
-from exporter import wire
+from exporter.kernel.families.datapath import OVS_DATAPATH_VERSION
+from exporter.kernel.families.vport import (
+    OVS_VPORT_ATTR_NAME,
+    OVS_VPORT_ATTR_OPTIONS,
+    OVS_VPORT_ATTR_STATS,
+    OVS_VPORT_ATTR_UPCALL_STATS,
+    OVS_VPORT_VERSION,
+)
+from exporter.kernel.netlink import NLA_TYPE_MASK, NLMSG_DONE, NLMSG_ERROR, encode_ovs_get
 from tests.kernel import ovsnl
 from tests.kernel.procs import Exporter, Process, tool, wait_http
 
@@ -67,23 +75,23 @@ class RawDump:
 
     def _dump(self, family: int, version: int, dp_ifindex: int) -> int:
         self.seq += 1
-        self.sock.send(wire.encode_get_dump(family, version, self.seq, dp_ifindex))
+        self.sock.send(encode_ovs_get(family, version, self.seq, dp_ifindex))
         messages = 0
         while True:
             size = self.sock.recv_into(self.buf)
             pos = 0
             while pos + 16 <= size:
                 length, mtype = struct.unpack_from("=IH", self.buf, pos)
-                if mtype == wire.NLMSG_DONE:
+                if mtype == NLMSG_DONE:
                     return messages
-                if mtype == wire.NLMSG_ERROR:
+                if mtype == NLMSG_ERROR:
                     raise OSError("dump failed")
                 messages += 1
                 pos += (length + 3) & ~3
 
     def __call__(self) -> int:
-        self._dump(self.families[0], wire.OVS_DATAPATH_VERSION, 0)
-        return self._dump(self.families[1], wire.OVS_VPORT_VERSION, self.dp_ifindex)
+        self._dump(self.families[0], OVS_DATAPATH_VERSION, 0)
+        return self._dump(self.families[1], OVS_VPORT_VERSION, self.dp_ifindex)
 
     def close(self) -> None:
         self.sock.close()
@@ -100,7 +108,7 @@ class BareDecode(RawDump):
 
     def _dump(self, family: int, version: int, dp_ifindex: int) -> int:
         self.seq += 1
-        self.sock.send(wire.encode_get_dump(family, version, self.seq, dp_ifindex))
+        self.sock.send(encode_ovs_get(family, version, self.seq, dp_ifindex))
         vports: list[dict[int, object]] = []
         while True:
             size = self.sock.recv_into(self.buf)
@@ -108,9 +116,9 @@ class BareDecode(RawDump):
             pos = 0
             while pos + 16 <= size:
                 length, mtype = struct.unpack_from("=IH", data, pos)
-                if mtype == wire.NLMSG_DONE:
+                if mtype == NLMSG_DONE:
                     return len(vports)
-                if mtype == wire.NLMSG_ERROR:
+                if mtype == NLMSG_ERROR:
                     raise OSError("dump failed")
                 if mtype == family == self.families[1]:  # the datapath dump is only received
                     vports.append(_attrs(data, pos + 24, pos + length))
@@ -125,13 +133,13 @@ def _attrs(data: bytes, pos: int, end: int) -> dict[int, object]:
         alen, atype = struct.unpack_from("=HH", data, pos)
         if alen < 4:
             raise ValueError(f"attribute of {alen} bytes at offset {pos}")  # would never advance
-        atype &= wire.NLA_TYPE_MASK
+        atype &= NLA_TYPE_MASK
         value = data[pos + 4 : pos + alen]
-        if atype == wire.OVS_VPORT_ATTR_NAME:
+        if atype == OVS_VPORT_ATTR_NAME:
             attrs[atype] = value.rstrip(b"\0").decode()
-        elif atype == wire.OVS_VPORT_ATTR_STATS:
+        elif atype == OVS_VPORT_ATTR_STATS:
             attrs[atype] = struct.unpack("=8Q", value)
-        elif atype in (wire.OVS_VPORT_ATTR_OPTIONS, wire.OVS_VPORT_ATTR_UPCALL_STATS):
+        elif atype in (OVS_VPORT_ATTR_OPTIONS, OVS_VPORT_ATTR_UPCALL_STATS):
             attrs[atype] = _attrs(data, pos + 4, pos + alen)
         elif len(value) == 8:
             attrs[atype] = struct.unpack("=Q", value)[0]

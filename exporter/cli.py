@@ -15,7 +15,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, NoReturn
 
-from exporter import __version__, logs, webconfig
+from exporter import __version__, logs
 from exporter.collector import Collector
 from exporter.config import (
     LOG_FORMATS,
@@ -26,11 +26,13 @@ from exporter.config import (
     build,
     load_file,
 )
-from exporter.events import EventListener, open_sockets
-from exporter.identity import DEFAULT_EXTERNAL_IDS, IdentitySource
-from exporter.namespaces import NamespaceSources, namespace_id
-from exporter.source import KernelSource, NetlinkKernelSocket
-from exporter.web import HttpMetrics, MetricsServer
+from exporter.http import webconfig
+from exporter.http.server import HttpMetrics, MetricsServer
+from exporter.kernel.dumps import KernelSource, NamespaceSources
+from exporter.kernel.events import EventListener, open_sockets
+from exporter.kernel.genl import open_socket
+from exporter.kernel.netns import namespace_id
+from exporter.ovsdb.identity import DEFAULT_EXTERNAL_IDS, IdentitySource
 
 PROG = "ovs-vport-exporter"
 EXIT_CONFIG = 2
@@ -248,7 +250,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_CONFIG
     logs.setup(config.log_level, config.log_format)
 
-    source = KernelSource(lambda: NetlinkKernelSocket(config.netlink_timeout))
+    source = KernelSource(lambda: open_socket(config.netlink_timeout))
     namespaces = None
     if config.netns_names or config.netns_all:
         namespaces = NamespaceSources(config.netns_names, config.netns_all, config.netlink_timeout)

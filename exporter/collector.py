@@ -1,9 +1,9 @@
 """One scrape: read every source, filter, and write the exposition with each source's health.
 
-This is where the sources meet: the kernel (``exporter.source``, in the exporter's
-own network namespace and in named ones through ``exporter.namespaces``) is read
-during the scrape; sources that keep a snapshot in the background
-(``exporter.model.SnapshotSource``) are asked for their latest one. Every source
+This is where the sources meet: the kernel's datapath and vport dumps
+(``exporter.kernel.dumps``, in the exporter's own network namespace and in named
+ones) are read during the scrape; sources that keep a snapshot in the background
+(``SnapshotSource``: the port event listener, OVSDB) are asked for their latest one. Every source
 reports ``ovs_scrape_collector_success`` and ``ovs_scrape_collector_duration_seconds``
 with its ``collector`` name (and ``netns``), as node_exporter's collectors do.
 
@@ -29,21 +29,20 @@ from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector,
 from prometheus_client import generate_latest as generate_text
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 
-from exporter import wire
 from exporter.config import VPORT_METRIC_GROUPS, Filters
 from exporter.exposition import (
-    DatapathRenderer,
     Format,
     family_header,
     render_counter,
     render_gauge,
     render_info,
     render_labels,
-    vport_counters,
 )
-from exporter.model import DatapathDump, Health, SnapshotSource
-from exporter.namespaces import NamespaceSources
-from exporter.source import FamilyNotFoundError
+from exporter.kernel.dump_metrics import DatapathRenderer, vport_counters
+from exporter.kernel.dumps import DatapathDump, NamespaceSources
+from exporter.kernel.genl import FamilyNotFoundError
+from exporter.kernel.netlink import DecodeError
+from exporter.records import Health, SourceReport
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +50,22 @@ _OM_EOF = "# EOF\n"
 
 
 class Source(Protocol):
+    """The per-scrape kernel source (``exporter.kernel.dumps.KernelSource``): read during the scrape."""
+
     def collect(self) -> list[DatapathDump]: ...
+
+
+class SnapshotSource(Protocol):
+    """A source that keeps its own copy of its data current in the background.
+
+    ``report`` renders the latest snapshot and must not block on I/O: a scrape
+    never waits for such a source. ``dumps`` is this scrape's kernel state (after
+    filters), for a source whose output depends on which ports the kernel has.
+    """
+
+    def report(self, fmt: Format, dumps: Sequence[DatapathDump]) -> SourceReport: ...
+
+    def close(self) -> None: ...
 
 
 def apply_filters(dumps: Sequence[DatapathDump], filters: Filters) -> list[DatapathDump]:
@@ -84,7 +98,7 @@ def _describe(err: BaseException) -> str:
         return f"{err.strerror or err} (errno {err.errno} {errno.errorcode.get(err.errno, '?')})"
     if isinstance(err, TimeoutError):
         return "timed out waiting for the kernel's reply"
-    if isinstance(err, wire.DecodeError):
+    if isinstance(err, DecodeError):
         return f"malformed netlink reply: {err}"
     return f"{type(err).__name__}: {err}"
 
@@ -303,4 +317,4 @@ def _health_labels(health: Health) -> str:
 
 
 def _is_unexpected(err: BaseException) -> bool:
-    return not isinstance(err, (FamilyNotFoundError, OSError, wire.DecodeError))
+    return not isinstance(err, (FamilyNotFoundError, OSError, DecodeError))

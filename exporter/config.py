@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from exporter.identity import DEFAULT_EXTERNAL_IDS, check_external_ids
-from exporter.ovsdb import check_remote
+from exporter.ovsdb.identity import DEFAULT_EXTERNAL_IDS, check_external_ids
+from exporter.ovsdb.reader import check_remote
 
 LOG_LEVELS = ("debug", "info", "warn", "error")
 LOG_FORMATS = ("logfmt", "json")
@@ -72,7 +72,7 @@ class Config:
     ovsdb_external_ids: tuple[str, ...] = DEFAULT_EXTERNAL_IDS  # keys that become labels
     max_requests: int = 40  # scrapes waiting for or making a body; 0: no limit (node_exporter's default)
     max_connections: int = 256  # open HTTP connections, one thread each; 0: no limit
-    events: bool = True  # count vport notifications between scrapes (exporter.events)
+    events: bool = True  # count vport notifications between scrapes (exporter.kernel.events)
 
     @property
     def listen_host_port(self) -> tuple[str, int]:

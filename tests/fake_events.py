@@ -8,9 +8,11 @@ from __future__ import annotations
 import errno
 import socket
 
-from exporter import wire
-from exporter.events import EventListener
-from exporter.source import FamilyNotFoundError
+from exporter.kernel.events import EventListener
+from exporter.kernel.families.datapath import OVS_DATAPATH_FAMILY, OVS_DATAPATH_MCGROUP, Datapath
+from exporter.kernel.families.nlctrl import CTRL_CMD_NEWFAMILY, CtrlFamily
+from exporter.kernel.families.vport import OVS_VPORT_FAMILY, OVS_VPORT_MCGROUP
+from exporter.kernel.genl import FamilyNotFoundError
 from tests import ovs_messages as om
 from tests.ovs_messages import FakeDatapath, FakeVport
 
@@ -32,7 +34,7 @@ class FakeNotify:
     def join(self, group: int) -> None:
         self.joined.append(group)
 
-    def recv(self) -> bytes | None:
+    def poll(self) -> bytes | None:
         if self.overflow:
             self.overflow = False
             raise OSError(errno.ENOBUFS, "No buffer space available")
@@ -61,19 +63,19 @@ class FakeControl:
         self.dp_family, self.vport_family = dp_family, vport_family
         self.closed = False
 
-    def resolve(self, name: str) -> wire.CtrlFamily:
+    def resolve(self, name: str) -> CtrlFamily:
         families = {"nlctrl": (0x10, "notify", NOTIFY)}
         if self.loaded:
-            families[wire.OVS_DATAPATH_FAMILY] = (self.dp_family, wire.OVS_DATAPATH_MCGROUP, DP_GROUP)
-            families[wire.OVS_VPORT_FAMILY] = (self.vport_family, wire.OVS_VPORT_MCGROUP, VPORT_GROUP)
+            families[OVS_DATAPATH_FAMILY] = (self.dp_family, OVS_DATAPATH_MCGROUP, DP_GROUP)
+            families[OVS_VPORT_FAMILY] = (self.vport_family, OVS_VPORT_MCGROUP, VPORT_GROUP)
         if name not in families:
             raise FamilyNotFoundError(name)
         family_id, group, group_id = families[name]
-        return wire.CtrlFamily(wire.CTRL_CMD_NEWFAMILY, name, family_id, ((group, group_id),))
+        return CtrlFamily(CTRL_CMD_NEWFAMILY, name, family_id, ((group, group_id),))
 
-    def datapaths(self, family_id: int) -> list[wire.Datapath]:
+    def datapaths(self, family_id: int) -> list[Datapath]:
         assert family_id == self.dp_family
-        return [wire.Datapath(dp.dp_ifindex, dp.name, None, None) for dp in self.datapaths_now]
+        return [Datapath(dp.dp_ifindex, dp.name, None, None) for dp in self.datapaths_now]
 
     def close(self) -> None:
         self.closed = True

@@ -15,7 +15,31 @@ import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from exporter import wire
+from exporter.kernel.families.datapath import DATAPATH, OVS_DATAPATH_FAMILY, OVS_DATAPATH_VERSION
+from exporter.kernel.families.nlctrl import (
+    CTRL,
+    CTRL_ATTR_FAMILY_ID,
+    CTRL_ATTR_FAMILY_NAME,
+    GENL_ID_CTRL,
+    MCAST_GROUP,
+)
+from exporter.kernel.families.vport import (
+    OVS_TUNNEL_ATTR_DST_PORT,
+    OVS_TUNNEL_ATTR_EXTENSION,
+    OVS_VPORT_ATTR_IFINDEX,
+    OVS_VPORT_ATTR_NAME,
+    OVS_VPORT_ATTR_NETNSID,
+    OVS_VPORT_ATTR_OPTIONS,
+    OVS_VPORT_ATTR_PORT_NO,
+    OVS_VPORT_ATTR_STATS,
+    OVS_VPORT_ATTR_TYPE,
+    OVS_VPORT_ATTR_UPCALL_STATS,
+    OVS_VPORT_FAMILY,
+    OVS_VPORT_UPCALL_ATTR_FAIL,
+    OVS_VPORT_UPCALL_ATTR_SUCCESS,
+    OVS_VPORT_VERSION,
+)
+from exporter.kernel.netlink import NLM_F_DUMP, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, OVS_CMD_GET
 
 NLA_F_NESTED = 0x8000
 NLM_F_MULTI = 0x2
@@ -40,11 +64,11 @@ def genl_ovs(cmd: int, version: int, dp_ifindex: int, attrs: bytes) -> bytes:
 
 
 def done(seq: int, error: int = 0) -> bytes:
-    return nlmsg(wire.NLMSG_DONE, NLM_F_MULTI, seq, struct.pack("=i", -error))
+    return nlmsg(NLMSG_DONE, NLM_F_MULTI, seq, struct.pack("=i", -error))
 
 
 def nlmsg_error(seq: int, error: int, request: bytes = b"") -> bytes:
-    return nlmsg(wire.NLMSG_ERROR, 0, seq, struct.pack("=i", -error) + request[:16])
+    return nlmsg(NLMSG_ERROR, 0, seq, struct.pack("=i", -error) + request[:16])
 
 
 @dataclass
@@ -76,57 +100,53 @@ class FakeDatapath:
 
 def vport_attrs(v: FakeVport) -> bytes:
     parts = [
-        nla(wire.OVS_VPORT_ATTR_PORT_NO, struct.pack("=I", v.port_no)),
-        nla(wire.OVS_VPORT_ATTR_TYPE, struct.pack("=I", v.type)),
-        nla(wire.OVS_VPORT_ATTR_NAME, v.name.encode() + b"\0"),
+        nla(OVS_VPORT_ATTR_PORT_NO, struct.pack("=I", v.port_no)),
+        nla(OVS_VPORT_ATTR_TYPE, struct.pack("=I", v.type)),
+        nla(OVS_VPORT_ATTR_NAME, v.name.encode() + b"\0"),
     ]
     if v.ifindex is not None:
-        parts.append(nla(wire.OVS_VPORT_ATTR_IFINDEX, struct.pack("=I", v.ifindex)))
+        parts.append(nla(OVS_VPORT_ATTR_IFINDEX, struct.pack("=I", v.ifindex)))
     if v.netnsid is not None:
-        parts.append(nla(wire.OVS_VPORT_ATTR_NETNSID, struct.pack("=i", v.netnsid)))
+        parts.append(nla(OVS_VPORT_ATTR_NETNSID, struct.pack("=i", v.netnsid)))
     if v.stats is not None:
-        parts.append(nla(wire.OVS_VPORT_ATTR_STATS, struct.pack("=8Q", *v.stats)))
+        parts.append(nla(OVS_VPORT_ATTR_STATS, struct.pack("=8Q", *v.stats)))
     if v.upcall is not None:
-        inner = nla(wire.OVS_VPORT_UPCALL_ATTR_SUCCESS, struct.pack("=Q", v.upcall[0])) + nla(
-            wire.OVS_VPORT_UPCALL_ATTR_FAIL, struct.pack("=Q", v.upcall[1])
+        inner = nla(OVS_VPORT_UPCALL_ATTR_SUCCESS, struct.pack("=Q", v.upcall[0])) + nla(
+            OVS_VPORT_UPCALL_ATTR_FAIL, struct.pack("=Q", v.upcall[1])
         )
-        parts.append(nla(wire.OVS_VPORT_ATTR_UPCALL_STATS | NLA_F_NESTED, inner))
+        parts.append(nla(OVS_VPORT_ATTR_UPCALL_STATS | NLA_F_NESTED, inner))
     parts.append(nla(5, struct.pack(f"={len(v.upcall_pids)}I", *v.upcall_pids)))  # UPCALL_PID
     if v.dst_port is not None or v.extension is not None:
         # vxlan_get_options: DST_PORT, then the EXTENSION nest of flags when the port has any.
-        inner = (
-            b"" if v.dst_port is None else nla(wire.OVS_TUNNEL_ATTR_DST_PORT, struct.pack("=H", v.dst_port))
-        )
+        inner = b"" if v.dst_port is None else nla(OVS_TUNNEL_ATTR_DST_PORT, struct.pack("=H", v.dst_port))
         if v.extension is not None:
             flags = b"".join(nla(t, b"") for t in v.extension)
-            inner += nla(wire.OVS_TUNNEL_ATTR_EXTENSION | NLA_F_NESTED, flags)
-        parts.append(nla(wire.OVS_VPORT_ATTR_OPTIONS | NLA_F_NESTED, inner))
+            inner += nla(OVS_TUNNEL_ATTR_EXTENSION | NLA_F_NESTED, flags)
+        parts.append(nla(OVS_VPORT_ATTR_OPTIONS | NLA_F_NESTED, inner))
     elif v.type in (3, 4, 5):
-        parts.append(nla(wire.OVS_VPORT_ATTR_OPTIONS | NLA_F_NESTED, b""))
+        parts.append(nla(OVS_VPORT_ATTR_OPTIONS | NLA_F_NESTED, b""))
     return b"".join(parts) + v.extra_attrs
 
 
 def vport_message(seq: int, dp_ifindex: int, v: FakeVport) -> bytes:
-    payload = genl_ovs(1, wire.OVS_VPORT_VERSION, dp_ifindex, vport_attrs(v))  # OVS_VPORT_CMD_NEW
+    payload = genl_ovs(1, OVS_VPORT_VERSION, dp_ifindex, vport_attrs(v))  # OVS_VPORT_CMD_NEW
     return nlmsg(VPORT_FAMILY_ID, NLM_F_MULTI, seq, payload)
 
 
 def datapath_message(seq: int, dp: FakeDatapath) -> bytes:
-    attrs = [nla(wire.OVS_DP_ATTR_NAME, dp.name.encode() + b"\0"), nla(2, struct.pack("=I", 0))]
+    attrs = [nla(DATAPATH["NAME"], dp.name.encode() + b"\0"), nla(2, struct.pack("=I", 0))]
     if dp.stats is not None:
-        attrs.append(nla(wire.OVS_DP_ATTR_STATS, struct.pack("=4Q", *dp.stats)))
+        attrs.append(nla(DATAPATH["STATS"], struct.pack("=4Q", *dp.stats)))
     if dp.megaflow is not None:
         mask_hit, masks, cache_hit = dp.megaflow
-        attrs.append(
-            nla(wire.OVS_DP_ATTR_MEGAFLOW_STATS, struct.pack("=QIIQQ", mask_hit, masks, 0, cache_hit, 0))
-        )
+        attrs.append(nla(DATAPATH["MEGAFLOW_STATS"], struct.pack("=QIIQQ", mask_hit, masks, 0, cache_hit, 0)))
     if dp.user_features is not None:
         attrs.append(nla(5, struct.pack("=I", dp.user_features)))  # USER_FEATURES
     if dp.masks_cache_size is not None:
         attrs.append(nla(7, struct.pack("=I", dp.masks_cache_size)))  # MASKS_CACHE_SIZE
     if dp.per_cpu_pids is not None:
         attrs.append(nla(8, struct.pack(f"={len(dp.per_cpu_pids)}I", *dp.per_cpu_pids)))  # PER_CPU_PIDS
-    payload = genl_ovs(1, wire.OVS_DATAPATH_VERSION, dp.dp_ifindex, b"".join(attrs))
+    payload = genl_ovs(1, OVS_DATAPATH_VERSION, dp.dp_ifindex, b"".join(attrs))
     return nlmsg(DATAPATH_FAMILY_ID, NLM_F_MULTI, seq, payload)
 
 
@@ -168,7 +188,7 @@ class FakeKernelSocket:
     ) -> None:
         self.datapaths = list(datapaths)
         self.families = (
-            {wire.OVS_DATAPATH_FAMILY: DATAPATH_FAMILY_ID, wire.OVS_VPORT_FAMILY: VPORT_FAMILY_ID}
+            {OVS_DATAPATH_FAMILY: DATAPATH_FAMILY_ID, OVS_VPORT_FAMILY: VPORT_FAMILY_ID}
             if families is None
             else families
         )
@@ -179,7 +199,7 @@ class FakeKernelSocket:
         self.closed = False
 
     def family_id(self, name: str) -> int:
-        from exporter.source import FamilyNotFoundError
+        from exporter.kernel.genl import FamilyNotFoundError
 
         if name not in self.families:
             raise FamilyNotFoundError(name)
@@ -189,7 +209,7 @@ class FakeKernelSocket:
         self.requests.append(data)
         _length, mtype, flags, seq, _pid = struct.unpack_from("=IHHII", data)
         cmd, _version, _reserved, dp_ifindex = struct.unpack_from("=BBHi", data, 16)
-        assert cmd == wire.OVS_CMD_GET and flags == wire.NLM_F_REQUEST | wire.NLM_F_DUMP
+        assert cmd == OVS_CMD_GET and flags == NLM_F_REQUEST | NLM_F_DUMP
         if mtype == DATAPATH_FAMILY_ID:
             if self.datapath_dump_override is not None:
                 self.pending = _with_seq(self.datapath_dump_override, seq)
@@ -239,25 +259,25 @@ def ctrl_family_message(
     cmd: int, name: str, family_id: int, groups: Sequence[tuple[str, int]] = (), seq: int = 0
 ) -> bytes:
     """An nlctrl message (CTRL_CMD_NEWFAMILY, DELFAMILY, a GETFAMILY reply), as ctrl_fill_info writes it."""
-    attrs = nla(wire.CTRL_ATTR_FAMILY_NAME, name.encode() + b"\0") + nla(
-        wire.CTRL_ATTR_FAMILY_ID, struct.pack("=H", family_id)
+    attrs = nla(CTRL_ATTR_FAMILY_NAME, name.encode() + b"\0") + nla(
+        CTRL_ATTR_FAMILY_ID, struct.pack("=H", family_id)
     )
     if groups:
         nests = b"".join(
             nla(
                 index | NLA_F_NESTED,
-                nla(wire.CTRL_ATTR_MCAST_GRP_NAME, group.encode() + b"\0")
-                + nla(wire.CTRL_ATTR_MCAST_GRP_ID, struct.pack("=I", group_id)),
+                nla(MCAST_GROUP["NAME"], group.encode() + b"\0")
+                + nla(MCAST_GROUP["ID"], struct.pack("=I", group_id)),
             )
             for index, (group, group_id) in enumerate(groups, 1)
         )
-        attrs += nla(wire.CTRL_ATTR_MCAST_GROUPS | NLA_F_NESTED, nests)
-    return nlmsg(wire.GENL_ID_CTRL, 0, seq, struct.pack("=BBH", cmd, 2, 0) + attrs)
+        attrs += nla(CTRL["MCAST_GROUPS"] | NLA_F_NESTED, nests)
+    return nlmsg(GENL_ID_CTRL, 0, seq, struct.pack("=BBH", cmd, 2, 0) + attrs)
 
 
 def vport_notification(cmd: int, dp_ifindex: int, v: FakeVport, family: int = VPORT_FAMILY_ID) -> bytes:
     """OVS_VPORT_CMD_NEW, _DEL or _SET as ovs_notify multicasts it."""
-    return nlmsg(family, 0, 0, genl_ovs(cmd, wire.OVS_VPORT_VERSION, dp_ifindex, vport_attrs(v)))
+    return nlmsg(family, 0, 0, genl_ovs(cmd, OVS_VPORT_VERSION, dp_ifindex, vport_attrs(v)))
 
 
 def datapath_notification(cmd: int, dp: FakeDatapath, family: int = DATAPATH_FAMILY_ID) -> bytes:

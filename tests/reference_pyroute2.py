@@ -3,7 +3,7 @@
 This is what a straightforward exporter would be: the ``ovs_datapath`` and
 ``ovs_vport`` families declared as pyroute2 message classes (attribute maps
 and struct fields as data, after include/uapi/linux/openvswitch.h), decoded
-into the same ``exporter.wire`` records the fast decoder returns, and turned
+into the same ``exporter.kernel.families`` records the fast decoder returns, and turned
 into prometheus_client ``CounterMetricFamily``/``GaugeMetricFamily``/
 ``InfoMetricFamily`` objects.
 
@@ -23,14 +23,22 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoM
 from pyroute2.netlink import NLM_F_DUMP, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, genlmsg, nla
 from pyroute2.netlink.marshal import Marshal
 
-from exporter import wire
-from exporter.exposition import (
+from exporter.kernel.dump_metrics import (
     DATAPATH_INFO,
     DATAPATH_METRICS,
     VPORT_COUNTERS,
     VPORT_INFO,
     VPORT_UPCALL_HANDLERS,
 )
+from exporter.kernel.families.datapath import (
+    OVS_DATAPATH_FAMILY,
+    OVS_DATAPATH_VERSION,
+    Datapath,
+    DatapathStats,
+    MegaflowStats,
+)
+from exporter.kernel.families.vport import OVS_VPORT_FAMILY, OVS_VPORT_VERSION, UpcallStats, Vport, VportStats
+from exporter.kernel.netlink import OVS_CMD_GET
 
 
 class OvsDatapathMessage(genlmsg):
@@ -131,9 +139,9 @@ class ReferenceMarshal(Marshal):
 
 
 def dump_request(message_class: type[genlmsg], family: int, version: int, seq: int, dp_ifindex: int) -> bytes:
-    """A GET dump request encoded by pyroute2 (the same bytes ``wire.encode_get_dump`` writes)."""
+    """A GET dump request encoded by pyroute2 (the same bytes ``encode_ovs_get`` writes)."""
     msg = message_class()
-    msg["cmd"] = wire.OVS_CMD_GET
+    msg["cmd"] = OVS_CMD_GET
     msg["version"] = version
     msg["reserved"] = 0
     msg["dp_ifindex"] = dp_ifindex
@@ -152,19 +160,19 @@ def _name(value: Any) -> str:
     return str(value)
 
 
-def datapath_record(msg: Any) -> wire.Datapath:
+def datapath_record(msg: Any) -> Datapath:
     """A decoded ``ovs_datapath`` message as the record the fast decoder returns."""
     stats = msg.get_attr("OVS_DP_ATTR_STATS")
     megaflow = msg.get_attr("OVS_DP_ATTR_MEGAFLOW_STATS")
-    return wire.Datapath(
+    return Datapath(
         dp_ifindex=msg["dp_ifindex"],
         name=_name(msg.get_attr("OVS_DP_ATTR_NAME")),
         stats=None
         if stats is None
-        else wire.DatapathStats(stats["n_hit"], stats["n_missed"], stats["n_lost"], stats["n_flows"]),
+        else DatapathStats(stats["n_hit"], stats["n_missed"], stats["n_lost"], stats["n_flows"]),
         megaflow_stats=None
         if megaflow is None
-        else wire.MegaflowStats(megaflow["n_mask_hit"], megaflow["n_masks"], megaflow["n_cache_hit"]),
+        else MegaflowStats(megaflow["n_mask_hit"], megaflow["n_masks"], megaflow["n_cache_hit"]),
         user_features=msg.get_attr("OVS_DP_ATTR_USER_FEATURES"),
         masks_cache_size=msg.get_attr("OVS_DP_ATTR_MASKS_CACHE_SIZE"),
         per_cpu_pids=_pids(msg.get_attr("OVS_DP_ATTR_PER_CPU_PIDS")),
@@ -188,23 +196,23 @@ def _extension(options: Any) -> tuple[int, ...] | None:
     )
 
 
-def vport_record(msg: Any) -> wire.Vport:
+def vport_record(msg: Any) -> Vport:
     """A decoded ``ovs_vport`` message as the record the fast decoder returns."""
     stats = msg.get_attr("OVS_VPORT_ATTR_STATS")
     upcall = msg.get_attr("OVS_VPORT_ATTR_UPCALL_STATS")
     options = msg.get_attr("OVS_VPORT_ATTR_OPTIONS")
     pids = msg.get_attr("OVS_VPORT_ATTR_UPCALL_PID")
-    return wire.Vport(
+    return Vport(
         dp_ifindex=msg["dp_ifindex"],
         port_no=msg.get_attr("OVS_VPORT_ATTR_PORT_NO"),
         type=msg.get_attr("OVS_VPORT_ATTR_TYPE"),
         name=_name(msg.get_attr("OVS_VPORT_ATTR_NAME")),
         ifindex=msg.get_attr("OVS_VPORT_ATTR_IFINDEX"),
         netnsid=msg.get_attr("OVS_VPORT_ATTR_NETNSID"),
-        stats=None if stats is None else wire.VportStats(*(stats[f] for f in wire.VportStats._fields)),
+        stats=None if stats is None else VportStats(*(stats[f] for f in VportStats._fields)),
         upcall_stats=None
         if upcall is None
-        else wire.UpcallStats(
+        else UpcallStats(
             upcall.get_attr("OVS_VPORT_UPCALL_ATTR_SUCCESS"), upcall.get_attr("OVS_VPORT_UPCALL_ATTR_FAIL")
         ),
         dst_port=None if options is None else options.get_attr("OVS_TUNNEL_ATTR_DST_PORT"),
@@ -234,8 +242,8 @@ def decode_datagrams(marshal: Marshal, datagrams: Iterable[bytes]) -> Iterator[A
 class ReferenceDump:
     """A datapath and its de-duplicated vports, as the reference decodes them."""
 
-    datapath: wire.Datapath
-    vports: list[wire.Vport]
+    datapath: Datapath
+    vports: list[Vport]
 
 
 class ReferenceSource:
@@ -261,20 +269,20 @@ class ReferenceSource:
         return list(decode_datagrams(marshal, datagrams()))
 
     def collect(self) -> list[ReferenceDump]:
-        dp_family = self._sock.family_id(wire.OVS_DATAPATH_FAMILY)
-        vport_family = self._sock.family_id(wire.OVS_VPORT_FAMILY)
+        dp_family = self._sock.family_id(OVS_DATAPATH_FAMILY)
+        vport_family = self._sock.family_id(OVS_VPORT_FAMILY)
         marshal = ReferenceMarshal(dp_family, vport_family)
         datapaths = {
             d.name: d
             for d in map(
                 datapath_record,
-                self._dump(marshal, OvsDatapathMessage, dp_family, wire.OVS_DATAPATH_VERSION, 0),
+                self._dump(marshal, OvsDatapathMessage, dp_family, OVS_DATAPATH_VERSION, 0),
             )
         }
         dumps = []
         for datapath in datapaths.values():
             messages = self._dump(
-                marshal, OvsVportMessage, vport_family, wire.OVS_VPORT_VERSION, datapath.dp_ifindex
+                marshal, OvsVportMessage, vport_family, OVS_VPORT_VERSION, datapath.dp_ifindex
             )
             # The kernel may list a port twice during a dump: the last report wins.
             vports = {v.name: v for v in map(vport_record, messages)}
@@ -282,7 +290,7 @@ class ReferenceSource:
         return dumps
 
 
-def _vport_values(vport: wire.Vport) -> dict[str, int | None]:
+def _vport_values(vport: Vport) -> dict[str, int | None]:
     """Family name -> the vport's value, None where the kernel did not report it."""
     values: dict[str, int | None] = {
         "ovs_vport_receive_packets": None,

@@ -18,12 +18,12 @@ import sys
 import atheris
 
 with atheris.instrument_imports():
-    from exporter import wire
+    from exporter.kernel.netlink import DecodeError
     from tests.fuzz.decode import decode_everything
 
 
 def decode_all(data: bytes) -> None:
-    with contextlib.suppress(wire.DecodeError):
+    with contextlib.suppress(DecodeError):
         decode_everything(data)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from exporter import wire
+from exporter.kernel.families.nlctrl import CTRL_CMD_NEWFAMILY
 from tests.ovs_messages import (
     FakeDatapath,
     FakeVport,
@@ -35,7 +35,7 @@ def seeds() -> dict[str, bytes]:
         ),
         "error": nlmsg_error(1, 19),
         "ctrl-family": ctrl_family_message(
-            wire.CTRL_CMD_NEWFAMILY, "ovs_vport", 0x1B, [("ovs_vport", 5), ("other", 6)], seq=1
+            CTRL_CMD_NEWFAMILY, "ovs_vport", 0x1B, [("ovs_vport", 5), ("other", 6)], seq=1
         ),
         "vport-notifications": b"".join(
             vport_notification(cmd, 3, FakeVport(7, "tap7", ifindex=9)) for cmd in (1, 4, 2)

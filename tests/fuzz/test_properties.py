@@ -9,8 +9,10 @@ import errno
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from exporter import wire
-from exporter.source import KernelSource
+from exporter.kernel.dumps import KernelSource
+from exporter.kernel.families.datapath import OVS_DP_F_DISPATCH_UPCALL_PER_CPU, decode_datapath
+from exporter.kernel.families.vport import UpcallStats, Vport, VportStats, decode_vport
+from exporter.kernel.netlink import NLA_TYPE_MASK, DecodeError, NetlinkError, iter_messages
 from tests.fuzz.decode import decode_everything
 from tests.ovs_messages import (
     FakeDatapath,
@@ -21,7 +23,7 @@ from tests.ovs_messages import (
     vport_message,
 )
 
-NLA_TYPE_MAX = wire.NLA_TYPE_MASK
+NLA_TYPE_MAX = NLA_TYPE_MASK
 
 u64 = st.integers(0, 2**64 - 1)
 names = st.text(
@@ -55,7 +57,7 @@ datapaths = st.builds(
 @given(st.binary(max_size=2048))
 @settings(max_examples=3000, deadline=None)
 def test_arbitrary_bytes_decode_or_raise_decode_error(data: bytes) -> None:
-    with contextlib.suppress(wire.DecodeError):
+    with contextlib.suppress(DecodeError):
         decode_everything(data)
 
 
@@ -63,17 +65,17 @@ def test_arbitrary_bytes_decode_or_raise_decode_error(data: bytes) -> None:
 @settings(max_examples=500, deadline=None)
 def test_well_formed_vport_round_trips(v: FakeVport, dp_ifindex: int) -> None:
     buf = vport_message(1, dp_ifindex, v)
-    (message,) = wire.iter_messages(buf)
-    decoded = wire.decode_vport(buf, message)
-    assert decoded == wire.Vport(
+    (message,) = iter_messages(buf)
+    decoded = decode_vport(buf, message)
+    assert decoded == Vport(
         dp_ifindex=dp_ifindex,
         port_no=v.port_no,
         type=v.type,
         name=v.name,
         ifindex=v.ifindex,
         netnsid=v.netnsid,
-        stats=None if v.stats is None else wire.VportStats(*v.stats),
-        upcall_stats=None if v.upcall is None else wire.UpcallStats(*v.upcall),
+        stats=None if v.stats is None else VportStats(*v.stats),
+        upcall_stats=None if v.upcall is None else UpcallStats(*v.upcall),
         dst_port=v.dst_port,
         extension=v.extension,
         upcall_handlers=len(set(v.upcall_pids) - {0}),
@@ -84,15 +86,15 @@ def test_well_formed_vport_round_trips(v: FakeVport, dp_ifindex: int) -> None:
 @settings(max_examples=300, deadline=None)
 def test_well_formed_datapath_round_trips(dp: FakeDatapath) -> None:
     buf = datapath_message(1, dp)
-    (message,) = wire.iter_messages(buf)
-    decoded = wire.decode_datapath(buf, message)
+    (message,) = iter_messages(buf)
+    decoded = decode_datapath(buf, message)
     assert (decoded.name, decoded.user_features, decoded.masks_cache_size, decoded.per_cpu_pids) == (
         dp.name,
         dp.user_features,
         dp.masks_cache_size,
         dp.per_cpu_pids,
     )
-    per_cpu = dp.user_features is not None and bool(dp.user_features & wire.OVS_DP_F_DISPATCH_UPCALL_PER_CPU)
+    per_cpu = dp.user_features is not None and bool(dp.user_features & OVS_DP_F_DISPATCH_UPCALL_PER_CPU)
     assert decoded.upcall_handlers == (len(set(dp.per_cpu_pids or ()) - {0}) if per_cpu else None)
 
 
@@ -104,7 +106,7 @@ def test_mutated_vport_decodes_or_raises_decode_error(v: FakeVport, data: st.Dat
         position = data.draw(st.integers(0, len(buf) - 1))
         buf[position] = data.draw(st.integers(0, 255))
     cut = data.draw(st.integers(0, len(buf)))
-    with contextlib.suppress(wire.DecodeError):
+    with contextlib.suppress(DecodeError):
         decode_everything(bytes(buf[:cut]))
 
 
@@ -114,5 +116,5 @@ def test_dump_loop_reports_garbage_as_its_own_errors(datagrams: list[bytes]) -> 
     """Whatever the kernel sends for a vport dump, collect() raises only a reported error type."""
     sock = FakeKernelSocket([FakeDatapath("dp0", 3, vports=[FakeVport(1, "p")])])
     sock.vport_dump_override = {3: [*datagrams, done(0, errno.EIO)]}
-    with contextlib.suppress(wire.DecodeError, wire.NetlinkError, TimeoutError):
+    with contextlib.suppress(DecodeError, NetlinkError, TimeoutError):
         KernelSource(lambda: sock).collect()

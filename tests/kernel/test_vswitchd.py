@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from exporter.identity import DEFAULT_EXTERNAL_IDS
+from exporter.ovsdb.identity import DEFAULT_EXTERNAL_IDS
 from tests import promql_inventory
 
 from .conftest import HAS_UPCALL_STATS, consistent

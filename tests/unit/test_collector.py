@@ -10,12 +10,19 @@ import re
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter import config, wire
+from exporter import config
 from exporter.collector import Collector
 from exporter.config import Filters, NameFilter
-from exporter.exposition import VPORT_COUNTERS, VPORT_INFO, VPORT_METRIC_GROUPS, VPORT_UPCALL_HANDLERS, Format
-from exporter.model import DatapathDump
-from exporter.source import FamilyNotFoundError, KernelSource
+from exporter.exposition import Format
+from exporter.kernel.dump_metrics import (
+    VPORT_COUNTERS,
+    VPORT_INFO,
+    VPORT_METRIC_GROUPS,
+    VPORT_UPCALL_HANDLERS,
+)
+from exporter.kernel.dumps import DatapathDump, KernelSource
+from exporter.kernel.genl import FamilyNotFoundError
+from exporter.kernel.netlink import DecodeError, NetlinkError
 from tests.ovs_messages import FakeDatapath, FakeKernelSocket, FakeVport
 
 
@@ -153,9 +160,9 @@ def test_gone_port_is_gone_from_the_next_scrape() -> None:
     ("error", "logged"),
     [
         (FamilyNotFoundError("ovs_datapath"), "is the openvswitch kernel module loaded"),
-        (wire.NetlinkError(errno.EPERM, "dump failed"), "errno 1 EPERM"),
+        (NetlinkError(errno.EPERM, "dump failed"), "errno 1 EPERM"),
         (
-            wire.DecodeError("vport STATS attribute 6 at offset 40: want 64 bytes, got 8"),
+            DecodeError("vport STATS attribute 6 at offset 40: want 64 bytes, got 8"),
             "malformed netlink reply",
         ),
         (TimeoutError("timed out"), "timed out"),
@@ -208,7 +215,7 @@ def test_openmetrics_body_ends_with_one_eof() -> None:
 
 
 def test_named_namespaces_carry_a_netns_label_and_their_own_health() -> None:
-    from exporter.namespaces import NamespaceSources
+    from exporter.kernel.dumps import NamespaceSources
 
     def open_in(name: str, timeout: float) -> FakeKernelSocket:
         if name == "broken":
@@ -254,8 +261,8 @@ def test_every_vport_family_is_in_exactly_one_group() -> None:
 
 def test_every_source_reports_the_same_health_families() -> None:
     """The kernel (own and named namespaces) and snapshot sources: success and duration per collector."""
-    from exporter.model import Health, SourceReport
-    from exporter.namespaces import NamespaceSources
+    from exporter.kernel.dumps import NamespaceSources
+    from exporter.records import Health, SourceReport
 
     class Snapshot:
         def __init__(self) -> None:

@@ -248,7 +248,8 @@ def test_an_exporter_without_ovsdb_or_config_file_never_loads_their_libraries() 
     # The ovs library and PyYAML are about 8 MB of RSS together: every scrape's peak carries them.
     code = (
         "import sys\n"
-        "from exporter import cli, collector, web\n"
+        "from exporter import cli, collector\n"
+        "from exporter.http import server\n"
         "cli.load_config(['--web.listen-address', '127.0.0.1:0'])\n"
         "print(sorted({'ovs', 'yaml'} & {name.partition('.')[0] for name in sys.modules}))\n"
     )

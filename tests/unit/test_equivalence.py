@@ -30,12 +30,26 @@ from prometheus_client.openmetrics.exposition import generate_latest as generate
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
-from exporter import web, wire
 from exporter.collector import Collector
 from exporter.config import Filters
 from exporter.exposition import Format
-from exporter.source import KernelSource
-from exporter.web import MetricsServer, gzip_compress
+from exporter.http import server as web
+from exporter.http.server import MetricsServer, gzip_compress
+from exporter.kernel.dumps import KernelSource
+from exporter.kernel.families.datapath import OVS_DATAPATH_FAMILY, Datapath, decode_datapath
+from exporter.kernel.families.vport import (
+    OVS_VPORT_ATTR_IFINDEX,
+    OVS_VPORT_ATTR_NAME,
+    OVS_VPORT_ATTR_PORT_NO,
+    OVS_VPORT_ATTR_STATS,
+    OVS_VPORT_ATTR_TYPE,
+    OVS_VPORT_FAMILY,
+    OVS_VPORT_VERSION,
+    Vport,
+    _decode_usual_vport_prefix,
+    decode_vport,
+)
+from exporter.kernel.netlink import iter_messages, ovs_start
 from tests import ovs_messages as om
 from tests.reference_pyroute2 import ReferenceCollector, ReferenceSource
 
@@ -351,11 +365,11 @@ def test_gzip_compress_is_one_gzip_member_of_the_chunks(size: int, pieces: int) 
 # --- tests: decoders ------------------------------------------------------------------------------
 
 
-def fast_records(sock: Any) -> list[tuple[wire.Datapath, list[wire.Vport]]]:
+def fast_records(sock: Any) -> list[tuple[Datapath, list[Vport]]]:
     return [(d.datapath, d.vports) for d in KernelSource(lambda: sock).collect()]
 
 
-def reference_records(sock: Any) -> list[tuple[wire.Datapath, list[wire.Vport]]]:
+def reference_records(sock: Any) -> list[tuple[Datapath, list[Vport]]]:
     return [(d.datapath, d.vports) for d in ReferenceSource(sock).collect()]
 
 
@@ -371,7 +385,7 @@ def shuffled_vport_message(rng: random.Random, dp_ifindex: int, vport: om.FakeVp
     rng.shuffle(attrs)
     if rng.random() < 0.5:
         attrs.insert(rng.randrange(len(attrs) + 1), om.nla(7, b"\0" * 4))  # OVS_VPORT_ATTR_PAD
-    payload = om.genl_ovs(1, wire.OVS_VPORT_VERSION, dp_ifindex, b"".join(attrs))
+    payload = om.genl_ovs(1, OVS_VPORT_VERSION, dp_ifindex, b"".join(attrs))
     return om.nlmsg(om.VPORT_FAMILY_ID, om.NLM_F_MULTI, 0, payload)
 
 
@@ -400,13 +414,13 @@ def test_fast_decoder_matches_reference_in_any_attribute_order() -> None:
 
 def raw_name_vport(dp_ifindex: int, port_no: int, name: bytes) -> bytes:
     attrs = (
-        om.nla(wire.OVS_VPORT_ATTR_PORT_NO, struct.pack("=I", port_no))
-        + om.nla(wire.OVS_VPORT_ATTR_TYPE, struct.pack("=I", 1))
-        + om.nla(wire.OVS_VPORT_ATTR_NAME, name + b"\0")
-        + om.nla(wire.OVS_VPORT_ATTR_IFINDEX, struct.pack("=I", 9))
-        + om.nla(wire.OVS_VPORT_ATTR_STATS, struct.pack("=8Q", *range(8)))
+        om.nla(OVS_VPORT_ATTR_PORT_NO, struct.pack("=I", port_no))
+        + om.nla(OVS_VPORT_ATTR_TYPE, struct.pack("=I", 1))
+        + om.nla(OVS_VPORT_ATTR_NAME, name + b"\0")
+        + om.nla(OVS_VPORT_ATTR_IFINDEX, struct.pack("=I", 9))
+        + om.nla(OVS_VPORT_ATTR_STATS, struct.pack("=8Q", *range(8)))
     )
-    payload = om.genl_ovs(1, wire.OVS_VPORT_VERSION, dp_ifindex, attrs)
+    payload = om.genl_ovs(1, OVS_VPORT_VERSION, dp_ifindex, attrs)
     return om.nlmsg(om.VPORT_FAMILY_ID, om.NLM_F_MULTI, 0, payload)
 
 
@@ -443,7 +457,7 @@ class ReplaySocket:
     def send(self, data: bytes) -> None:
         _length, family, _flags, seq, _pid = struct.unpack_from("=IHHII", data)
         dp_ifindex = struct.unpack_from("=i", data, 20)[0]
-        if family == self.families[wire.OVS_DATAPATH_FAMILY]:
+        if family == self.families[OVS_DATAPATH_FAMILY]:
             datagrams = self.datapaths
         else:
             datagrams = self.vports[dp_ifindex]
@@ -458,7 +472,7 @@ class ReplaySocket:
 
 def with_seq(datagram: bytes, seq: int) -> bytes:
     buf = bytearray(datagram)
-    for message in wire.iter_messages(datagram):
+    for message in iter_messages(datagram):
         struct.pack_into("=I", buf, message.start + 8, seq)
     return bytes(buf)
 
@@ -478,13 +492,13 @@ def replay_socket(capture: Path) -> ReplaySocket:
     sizes = expected["datagram_sizes"]
     files = expected["files"]
     datapaths = split_datagrams((capture / files["datapaths"]).read_bytes(), sizes[files["datapaths"]])
-    dp_family = expected["families"][wire.OVS_DATAPATH_FAMILY]
+    dp_family = expected["families"][OVS_DATAPATH_FAMILY]
     dp_ifindex = {
         dp.name: dp.dp_ifindex
         for d in datapaths
-        for m in wire.iter_messages(d)
+        for m in iter_messages(d)
         if m.type == dp_family
-        for dp in [wire.decode_datapath(d, m)]
+        for dp in [decode_datapath(d, m)]
     }
     vports = {
         dp_ifindex[name]: split_datagrams((capture / fname).read_bytes(), sizes[fname])
@@ -519,12 +533,12 @@ def test_real_kernel_vports_take_the_fast_path(capture: Path) -> None:
     fast = general = 0
     for datagrams in sock.vports.values():
         for datagram in datagrams:
-            for message in wire.iter_messages(datagram):
-                if message.type != sock.families[wire.OVS_VPORT_FAMILY]:
+            for message in iter_messages(datagram):
+                if message.type != sock.families[OVS_VPORT_FAMILY]:
                     continue
-                has_netnsid = wire.decode_vport(datagram, message).netnsid is not None
-                _dp_ifindex, attrs = wire._genl_start(datagram, message, "vport")
-                usual = wire._decode_usual_vport_prefix(datagram, attrs, message.end)
+                has_netnsid = decode_vport(datagram, message).netnsid is not None
+                _dp_ifindex, attrs = ovs_start(datagram, message, "vport")
+                usual = _decode_usual_vport_prefix(datagram, attrs, message.end)
                 assert (usual is None) == has_netnsid
                 fast += usual is not None
                 general += usual is None

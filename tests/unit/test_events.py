@@ -12,18 +12,20 @@ from pathlib import Path
 
 import pytest
 
-from exporter import wire
 from exporter.collector import Collector
 from exporter.config import Filters
-from exporter.events import EventListener, open_sockets
 from exporter.exposition import Format
-from exporter.model import DatapathDump
-from exporter.source import KernelSource
+from exporter.kernel.dumps import DatapathDump, KernelSource
+from exporter.kernel.events import EventListener, open_sockets
+from exporter.kernel.families.datapath import Datapath
+from exporter.kernel.families.nlctrl import CTRL_CMD_DELFAMILY, CTRL_CMD_NEWFAMILY
+from exporter.kernel.families.vport import OVS_VPORT_FAMILY
+from exporter.kernel.netlink import OVS_CMD_DEL, OVS_CMD_NEW, OVS_CMD_SET
 from tests import ovs_messages as om
 from tests.fake_events import DP_GROUP, NOTIFY, VPORT_GROUP, Kernel, listener_for
 from tests.ovs_messages import FakeDatapath, FakeKernelSocket, FakeVport
 
-NEW, DEL, SET = wire.OVS_CMD_NEW, wire.OVS_CMD_DEL, wire.OVS_CMD_SET
+NEW, DEL, SET = OVS_CMD_NEW, OVS_CMD_DEL, OVS_CMD_SET
 
 
 @pytest.fixture
@@ -35,7 +37,7 @@ def kernel() -> Iterator[Kernel]:
 
 def served(datapath: str, netns: str | None = None) -> DatapathDump:
     """A datapath as this scrape's dumps list it."""
-    return DatapathDump(wire.Datapath(1, datapath, None, None), [], 0, netns)
+    return DatapathDump(Datapath(1, datapath, None, None), [], 0, netns)
 
 
 def counts(listener: EventListener, netns: str | None = None) -> dict[tuple[str, str], int]:
@@ -106,9 +108,7 @@ def test_module_reload_resolves_the_new_ids_and_joins_again(
     old_vport_family = kernel.control.vport_family
     kernel.notify.send(kernel.vport(NEW, 5, "before"))
     kernel.control.loaded = False
-    kernel.notify.send(
-        om.ctrl_family_message(wire.CTRL_CMD_DELFAMILY, wire.OVS_VPORT_FAMILY, old_vport_family)
-    )
+    kernel.notify.send(om.ctrl_family_message(CTRL_CMD_DELFAMILY, OVS_VPORT_FAMILY, old_vport_family))
     listener.step(0)
     (entry,) = listener.snapshot()
     assert not entry.subscribed
@@ -120,7 +120,7 @@ def test_module_reload_resolves_the_new_ids_and_joins_again(
     kernel.control.vport_family, kernel.control.dp_family = 0x2B, 0x2A
     kernel.control.datapaths_now = [FakeDatapath("ovs-r", 40)]
     kernel.notify.send(
-        om.ctrl_family_message(wire.CTRL_CMD_NEWFAMILY, wire.OVS_VPORT_FAMILY, 0x2B, [("ovs_vport", 7)]),
+        om.ctrl_family_message(CTRL_CMD_NEWFAMILY, OVS_VPORT_FAMILY, 0x2B, [("ovs_vport", 7)]),
         kernel.vport(NEW, 40, "after"),
         om.vport_notification(NEW, 40, FakeVport(2, "stale-id"), old_vport_family),  # not a vport message now
     )

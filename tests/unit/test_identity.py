@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from exporter.identity import (
+from exporter.ovsdb.identity import (
     MAX_LABEL_VALUE_LENGTH,
     check_external_ids,
     interface_identities,
@@ -12,7 +12,7 @@ from exporter.identity import (
     label_name,
     label_value,
 )
-from exporter.ovsdb import OvsdbBridge, OvsdbInterface, OvsdbSnapshot
+from exporter.ovsdb.reader import OvsdbBridge, OvsdbInterface, OvsdbSnapshot
 
 
 @pytest.mark.parametrize(

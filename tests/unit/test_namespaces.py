@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from exporter.namespaces import NamespaceSources, list_namespaces, open_socket_in
-from exporter.source import FamilyNotFoundError
+from exporter.kernel.dumps import NamespaceSources
+from exporter.kernel.genl import FamilyNotFoundError, open_socket
+from exporter.kernel.netns import list_namespaces
 from tests.ovs_messages import FakeDatapath, FakeKernelSocket, FakeVport
 
 
@@ -107,12 +108,12 @@ def test_real_namespace_entered_and_left_and_missing_one_never_created() -> None
     home = os.stat("/proc/thread-self/ns/net").st_ino
     missing = f"ovsx-missing-{uuid.uuid4().hex[:8]}"
     with pytest.raises(FileNotFoundError):
-        open_socket_in(missing, 1.0)
+        open_socket(1.0, missing)
     assert not os.path.exists(f"/run/netns/{missing}"), "a missing namespace is never created"
     if subprocess.run(["ip", "netns", "add", name], capture_output=True).returncode != 0:
         pytest.skip("cannot create network namespaces here")
     try:
-        sock = open_socket_in(name, 1.0)
+        sock = open_socket(1.0, name)
         try:
             assert os.stat("/proc/thread-self/ns/net").st_ino == home
             # The module is absent on this host: the socket works, the family does not resolve.

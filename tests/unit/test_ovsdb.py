@@ -29,15 +29,16 @@ import pytest
 import sortedcontainers
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter.exposition import INTERFACE_INFO, Format, family_header
-from exporter.identity import (
+from exporter.exposition import Format, family_header
+from exporter.ovsdb.identity import (
     DEFAULT_EXTERNAL_IDS,
+    INTERFACE_INFO,
     MAX_LABEL_VALUE_LENGTH,
     IdentityBuilder,
     IdentitySource,
     IdentityView,
 )
-from exporter.ovsdb import OvsdbReader
+from exporter.ovsdb.reader import OvsdbReader
 from tests.ovsdb_server import (
     READ_ONLY_METHODS,
     OvsdbServer,
@@ -49,7 +50,7 @@ from tests.ovsdb_server import (
 )
 from tests.tools import promtool, require_tool
 
-LOGGER = "exporter.ovsdb"
+LOGGER = "exporter.ovsdb.reader"
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -568,7 +569,7 @@ def _listening_port(log: list[str]) -> int | None:
 
 _UNPRIVILEGED_READER = """
 import sys, time
-from exporter.ovsdb import OvsdbReader
+from exporter.ovsdb.reader import OvsdbReader
 reader = OvsdbReader(sys.argv[1], lambda s: sorted(i.name for b in s.bridges for i in b.interfaces), timeout=2.0)
 reader.start()
 deadline = time.monotonic() + 10
@@ -587,8 +588,8 @@ def test_unprivileged_reader_through_a_read_only_mount(tmp_path: Path) -> None:
     # The reader and the ovs library, copied where nobody can read them (the checkout may not be).
     lib = Path(tempfile.mkdtemp(prefix="ovsdb-lib-", dir="/tmp"))
     try:
-        (lib / "exporter").mkdir()
-        for name in ("__init__.py", "ovsdb.py"):
+        (lib / "exporter" / "ovsdb").mkdir(parents=True)
+        for name in ("__init__.py", "ovsdb/__init__.py", "ovsdb/reader.py"):
             shutil.copy(ROOT / "exporter" / name, lib / "exporter" / name)
         for module in (ovs, sortedcontainers):
             shutil.copytree(Path(module.__file__).parent, lib / module.__name__)

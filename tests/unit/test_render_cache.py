@@ -1,14 +1,14 @@
 """The caches of a scrape never serve anything from an earlier scrape.
 
 ``DatapathRenderer`` keeps the fixed text of each datapath's ports between scrapes, and
-``wire.VportDecoder`` (in ``KernelSource``) what it decoded of each vport message whose
+``VportDecoder`` (in ``KernelSource``) what it decoded of each vport message whose
 bytes, counters aside, did not change. Here one renderer (and one collector, with its
 source) lives through long runs of scrapes in which the kernel's state changes in every
 way it can between two of them: counters, names, types, ifindex, netnsid, destination
 ports, ports and datapaths coming and going or reordered, statistics appearing and
 disappearing, netns labels. After each scrape its output must be byte for byte what is
 written from scratch for the same kernel bytes, decoded with no cache at all
-(``wire.decode_vport``) and rendered by a fresh renderer; and values from an earlier
+(``decode_vport``) and rendered by a fresh renderer; and values from an earlier
 scrape must not be in it.
 """
 
@@ -20,12 +20,14 @@ import struct
 
 import pytest
 
-from exporter import wire
 from exporter.collector import Collector
 from exporter.config import Filters
-from exporter.exposition import VPORT_COUNTERS, DatapathRenderer, Format, render_datapaths, vport_counters
-from exporter.model import DatapathDump
-from exporter.source import KernelSource
+from exporter.exposition import Format
+from exporter.kernel.dump_metrics import VPORT_COUNTERS, DatapathRenderer, render_datapaths, vport_counters
+from exporter.kernel.dumps import DatapathDump, KernelSource
+from exporter.kernel.families.datapath import decode_datapath
+from exporter.kernel.families.vport import Vport, VportDecoder, VportStats, decode_vport
+from exporter.kernel.netlink import DecodeError, iter_messages
 from tests import ovs_messages as om
 
 NAMES = ("tap0", "tap1", "qvo-a", 'q"uote', "back\\slash", "per%cent", "per%d", "%%", "new\nline", "端口")
@@ -41,13 +43,13 @@ def decode_without_cache(datapaths: list[om.FakeDatapath]) -> list[DatapathDump]
     dumps = []
     for dp in datapaths:
         message = om.datapath_message(0, dp)
-        datapath = wire.decode_datapath(message, next(wire.iter_messages(message)))
+        datapath = decode_datapath(message, next(iter_messages(message)))
         records = []
         # The fake kernel answers a vport dump with the first datapath of that dp_ifindex (mutate
         # can give a new datapath the ifindex of another).
         for port in next(d for d in datapaths if d.dp_ifindex == dp.dp_ifindex).vports:
             message = om.vport_message(0, dp.dp_ifindex, port)
-            records.append(wire.decode_vport(message, next(wire.iter_messages(message))))
+            records.append(decode_vport(message, next(iter_messages(message))))
         unique = list({record.name: record for record in records}.values())  # as the source does
         dumps.append(DatapathDump(datapath, unique, len(unique)))
     return dumps
@@ -253,7 +255,7 @@ def changes(port: om.FakeVport) -> list[tuple[str, om.FakeVport]]:
     """Every counter and every attribute of the port changed alone, and some removed or added."""
     out = []
     if port.stats is not None:
-        for i, field in enumerate(wire.VportStats._fields):
+        for i, field in enumerate(VportStats._fields):
             stats = list(port.stats)
             stats[i] = NEW
             out.append((f"stats.{field}", dataclasses.replace(port, stats=tuple(stats))))
@@ -346,8 +348,8 @@ def test_the_decoder_cache_decodes_any_bytes_as_decode_vport_does(seed: int, por
         ]
     else:
         base = [om.vport_message(seq, 3, uniform_port(rng, p, ports == "uniform")) for p in range(14)]
-    decoder = wire.VportDecoder()
-    last: dict[int, wire.Vport] = {}
+    decoder = VportDecoder()
+    last: dict[int, Vport] = {}
     hits = 0
     for _scrape in range(300):
         messages = list(base)
@@ -364,20 +366,20 @@ def test_the_decoder_cache_decodes_any_bytes_as_decode_vport_does(seed: int, por
         if rng.random() < 0.05:  # the same datagram, all of it a late reply to an earlier dump
             messages = [m[:8] + struct.pack("=I", seq - 1) + m[12:] for m in messages]
         datagram = b"".join(messages)
-        expected: list[wire.Vport] = []
+        expected: list[Vport] = []
         try:
-            for message in wire.iter_messages(datagram):
+            for message in iter_messages(datagram):
                 if message.seq == seq:
-                    expected.append(wire.decode_vport(datagram, message))
-        except wire.DecodeError:
+                    expected.append(decode_vport(datagram, message))
+        except DecodeError:
             expected_error = True
         else:
             expected_error = False
         decoder.new_scrape()
-        got: list[wire.Vport] = []
+        got: list[Vport] = []
         try:
             end = decoder.decode_run(datagram, 0, seq, om.VPORT_FAMILY_ID, got)
-        except wire.DecodeError:
+        except DecodeError:
             assert expected_error
         else:
             assert not expected_error and end == len(datagram)

@@ -19,9 +19,9 @@ import pytest
 
 from exporter.collector import Collector
 from exporter.config import ConfigError, Filters
-from exporter.source import KernelSource
-from exporter.web import MetricsServer
-from exporter.webconfig import WebConfig, load
+from exporter.http.server import MetricsServer
+from exporter.http.webconfig import WebConfig, load
+from exporter.kernel.dumps import KernelSource
 from tests.ovs_messages import FakeDatapath, FakeKernelSocket, FakeVport
 from tests.tools import ROOT
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 from exporter.collector import Collector
 from exporter.config import Filters
-from exporter.source import KernelSource
-from exporter.web import MetricsServer
+from exporter.http.server import MetricsServer
+from exporter.kernel.dumps import KernelSource
 from tests.ovs_messages import FakeDatapath, FakeKernelSocket, FakeVport
 
 SCRAPES = 3000

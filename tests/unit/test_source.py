@@ -7,8 +7,9 @@ import struct
 
 import pytest
 
-from exporter import wire
-from exporter.source import FamilyNotFoundError, KernelSource
+from exporter.kernel.dumps import KernelSource
+from exporter.kernel.genl import FamilyNotFoundError
+from exporter.kernel.netlink import OVS_CMD_GET, DecodeError, NetlinkError
 from tests.ovs_messages import (
     DATAPATH_FAMILY_ID,
     VPORT_FAMILY_ID,
@@ -39,9 +40,9 @@ def test_dumps_every_datapath_then_its_vports() -> None:
     # One datapath dump with dp_ifindex 0, then one vport dump per datapath, all GET dumps.
     headers = [struct.unpack_from("=IHHII", r) + struct.unpack_from("=BBHi", r, 16) for r in sock.requests]
     assert [(h[1], h[2], h[5], h[8]) for h in headers] == [
-        (DATAPATH_FAMILY_ID, 0x301, wire.OVS_CMD_GET, 0),
-        (VPORT_FAMILY_ID, 0x301, wire.OVS_CMD_GET, 10),
-        (VPORT_FAMILY_ID, 0x301, wire.OVS_CMD_GET, 11),
+        (DATAPATH_FAMILY_ID, 0x301, OVS_CMD_GET, 0),
+        (VPORT_FAMILY_ID, 0x301, OVS_CMD_GET, 10),
+        (VPORT_FAMILY_ID, 0x301, OVS_CMD_GET, 11),
     ]
 
 
@@ -83,7 +84,7 @@ def test_datapath_deleted_between_dumps_is_skipped() -> None:
 def test_other_errors_raise_with_errno(code: int) -> None:
     sock = FakeKernelSocket(two_datapaths())
     sock.vport_dump_override = {11: [nlmsg_error(0, code)]}
-    with pytest.raises(wire.NetlinkError) as info:
+    with pytest.raises(NetlinkError) as info:
         KernelSource(lambda: sock).collect()
     assert info.value.errno == code
 
@@ -120,7 +121,7 @@ def test_late_replies_to_earlier_requests_are_ignored() -> None:
 def test_unexpected_message_type_is_a_decode_error() -> None:
     sock = FakeKernelSocket(two_datapaths())
     sock.vport_dump_override = {10: [struct.pack("=IHHII", 16, 0x99, 2, 0, 0)]}
-    with pytest.raises(wire.DecodeError, match="unexpected netlink message type 153"):
+    with pytest.raises(DecodeError, match="unexpected netlink message type 153"):
         KernelSource(lambda: sock).collect()
 
 
@@ -135,9 +136,9 @@ def test_real_socket_resolves_families_from_any_thread() -> None:
     """The real socket on this host: nlctrl always exists; scrapes run in many threads."""
     import threading
 
-    from exporter.source import NetlinkKernelSocket
+    from exporter.kernel.genl import GenlSocket
 
-    sock = NetlinkKernelSocket(5.0)
+    sock = GenlSocket(5.0)
     results: list[object] = []
 
     def resolve() -> None:
@@ -156,3 +157,20 @@ def test_real_socket_resolves_families_from_any_thread() -> None:
         sock.close()
     assert results[0::2] == [0x10] * 3
     assert all(isinstance(r, FamilyNotFoundError) for r in results[1::2])
+
+
+def test_real_socket_poll_never_waits() -> None:
+    """The event listener polls its notification socket after select() said it was readable, and
+    at every tick: a poll of an idle socket returns None at once, whatever the socket's timeout."""
+    import time
+
+    from exporter.kernel.genl import GenlSocket
+
+    sock = GenlSocket(5.0)
+    try:
+        started = time.monotonic()
+        assert sock.poll() is None
+        assert time.monotonic() - started < 1.0
+        assert sock.family_id("nlctrl") == 0x10  # and requests still wait for their replies
+    finally:
+        sock.close()

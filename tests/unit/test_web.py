@@ -19,13 +19,13 @@ from prometheus_client.parser import text_string_to_metric_families as parse_tex
 
 from exporter.collector import Collector
 from exporter.config import Filters
-from exporter.events import EventListener
 from exporter.exposition import Format
-from exporter.source import KernelSource
-from exporter.web import MetricsServer, accepts_gzip, negotiate_format
-from exporter.wire import OVS_CMD_DEL as DEL
-from exporter.wire import OVS_CMD_NEW as NEW
-from exporter.wire import OVS_CMD_SET as SET
+from exporter.http.server import MetricsServer, accepts_gzip, negotiate_format
+from exporter.kernel.dumps import KernelSource
+from exporter.kernel.events import EventListener
+from exporter.kernel.netlink import OVS_CMD_DEL as DEL
+from exporter.kernel.netlink import OVS_CMD_NEW as NEW
+from exporter.kernel.netlink import OVS_CMD_SET as SET
 from tests.fake_events import Kernel, listener_for
 from tests.ovs_messages import FakeDatapath, FakeKernelSocket, FakeVport
 from tests.tools import ROOT, promtool

@@ -18,8 +18,8 @@ import pytest
 from exporter import deadline
 from exporter.collector import Collector
 from exporter.config import Filters
-from exporter.source import KernelSource
-from exporter.web import HttpMetrics, MetricsServer, read_budget, scrape_timeout
+from exporter.http.server import HttpMetrics, MetricsServer, read_budget, scrape_timeout
+from exporter.kernel.dumps import KernelSource
 from tests.ovs_messages import FakeDatapath, FakeKernelSocket, FakeVport
 
 DATAPATH_DUMP = 0x1A  # tests.ovs_messages.DATAPATH_FAMILY_ID, the type of a datapath dump request

@@ -2,7 +2,7 @@
 
 Content negotiation follows Prometheus: OpenMetrics when the ``Accept`` header
 asks for it, the classic text format otherwise; gzip when ``Accept-Encoding``
-allows it. Bodies come from ``exporter.coalesce``: scrapes that arrive together
+allows it. Bodies come from ``exporter.http.coalesce``: scrapes that arrive together
 share one kernel read and one immutable encoded body.
 
 Bounded under hostile load (docs/performance.md, "Under hostile load"):
@@ -43,9 +43,9 @@ from typing import Any
 
 from isal import isal_zlib
 
-from exporter.coalesce import STALLED_AFTER, Body, Coalescer, Scraper
 from exporter.exposition import Format, family_header, render_labels
-from exporter.webconfig import WebConfig
+from exporter.http.coalesce import STALLED_AFTER, Body, Coalescer, Scraper
+from exporter.http.webconfig import WebConfig
 
 log = logging.getLogger(__name__)
 

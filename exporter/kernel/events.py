@@ -25,37 +25,59 @@ snapshot, and ``report`` only renders the latest one.
 from __future__ import annotations
 
 import errno
-import itertools
 import logging
-import os
 import selectors
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from exporter import wire
 from exporter.exposition import Format, family_header, render_labels
-from exporter.model import DatapathDump, Health, SourceReport
-from exporter.source import NETLINK_GENERIC, FamilyNotFoundError
+from exporter.kernel.dumps import DatapathDump
+from exporter.kernel.families.datapath import (
+    OVS_DATAPATH_FAMILY,
+    OVS_DATAPATH_MCGROUP,
+    OVS_DATAPATH_VERSION,
+    Datapath,
+    decode_datapath,
+)
+from exporter.kernel.families.nlctrl import (
+    CTRL_CMD_DELFAMILY,
+    CTRL_CMD_DELMCAST_GRP,
+    CTRL_CMD_NEWFAMILY,
+    CTRL_CMD_NEWMCAST_GRP,
+    GENL_CTRL_NOTIFY_GROUP,
+    GENL_ID_CTRL,
+    CtrlFamily,
+    decode_ctrl_family,
+)
+from exporter.kernel.families.vport import OVS_VPORT_FAMILY, OVS_VPORT_MCGROUP
+from exporter.kernel.genl import FamilyNotFoundError, GenlSocket
+from exporter.kernel.netlink import (
+    OVS_CMD_DEL,
+    OVS_CMD_NEW,
+    OVS_CMD_SET,
+    DecodeError,
+    encode_ovs_get,
+    genl_command,
+    iter_messages,
+)
+from exporter.kernel.netns import call_in_namespace
+from exporter.records import Health, SourceReport
 
 log = logging.getLogger(__name__)
 
 COLLECTOR = "events"
-# linux/socket.h and linux/netlink.h; Python's socket module names neither.
-SOL_NETLINK = 270
-NETLINK_ADD_MEMBERSHIP = 1
 # Room for bursts (a pod boot loop, a CNI restart) while the thread waits for the GIL. The kernel
 # caps it at net.core.rmem_max for an unprivileged socket; overflows are counted, not hidden.
 _NOTIFY_RCVBUF = 4 << 20
-_RECV_BUFSIZE = 1 << 16
 # How often the thread looks at namespaces coming and going, and retries a failed subscription
 # (nlctrl's notifications make a reload quick; this is the fallback).
 TICK_SECONDS = 1.0
 
-EVENTS = {wire.OVS_CMD_NEW: "added", wire.OVS_CMD_DEL: "removed", wire.OVS_CMD_SET: "changed"}
+EVENTS = {OVS_CMD_NEW: "added", OVS_CMD_DEL: "removed", OVS_CMD_SET: "changed"}
 EVENTS_HELP = (
     "Vport notifications from the kernel since the exporter started: OVS_VPORT_CMD_NEW (added),"
     " _DEL (removed), _SET (changed)."
@@ -74,7 +96,7 @@ class NotifySocket(Protocol):
     def join(self, group: int) -> None:
         """Join one multicast group (NETLINK_ADD_MEMBERSHIP)."""
 
-    def recv(self) -> bytes | None:
+    def poll(self) -> bytes | None:
         """One datagram, None when none is queued; raises OSError(ENOBUFS) after an overflow."""
 
     def close(self) -> None: ...
@@ -83,95 +105,27 @@ class NotifySocket(Protocol):
 class ControlSocket(Protocol):
     """Requests the listener sends: family lookups and the list of datapaths."""
 
-    def resolve(self, name: str) -> wire.CtrlFamily:
+    def resolve(self, name: str) -> CtrlFamily:
         """CTRL_CMD_GETFAMILY; raises FamilyNotFoundError when the family is not registered."""
 
-    def datapaths(self, family_id: int) -> list[wire.Datapath]:
+    def datapaths(self, family_id: int) -> list[Datapath]:
         """An OVS_DP_CMD_GET dump."""
 
     def close(self) -> None: ...
 
 
-class NetlinkNotifySocket:
-    """The real notification socket: NETLINK_GENERIC, non-blocking, with a large receive buffer."""
+class _Control:
+    """The real ControlSocket: a GenlSocket, and the datapath dump decoded."""
 
-    def __init__(self) -> None:
-        self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_GENERIC)
-        try:
-            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _NOTIFY_RCVBUF)
-            self._sock.bind((0, 0))
-            self._sock.setblocking(False)
-        except BaseException:
-            self._sock.close()
-            raise
+    def __init__(self, sock: GenlSocket) -> None:
+        self._sock = sock
 
-    def fileno(self) -> int:
-        return self._sock.fileno()
+    def resolve(self, name: str) -> CtrlFamily:
+        return self._sock.resolve(name)
 
-    def join(self, group: int) -> None:
-        self._sock.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, group)
-
-    def recv(self) -> bytes | None:
-        try:
-            return self._sock.recv(_RECV_BUFSIZE)
-        except BlockingIOError:
-            return None
-
-    def close(self) -> None:
-        self._sock.close()
-
-
-class NetlinkControlSocket:
-    """The real request socket: blocking with a timeout, its replies matched by sequence number."""
-
-    def __init__(self, timeout: float) -> None:
-        self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_GENERIC)
-        self._seq = itertools.count(1)
-        try:
-            self._sock.bind((0, 0))
-            self._sock.settimeout(timeout)
-        except BaseException:
-            self._sock.close()
-            raise
-
-    def resolve(self, name: str) -> wire.CtrlFamily:
-        seq = next(self._seq) & 0xFFFFFFFF
-        self._sock.send(wire.encode_get_family(seq, name))
-        for buf, message in self._replies(seq):
-            if message.type == wire.NLMSG_ERROR:
-                code = wire.error_code(buf, message)
-                if code == errno.ENOENT:
-                    raise FamilyNotFoundError(name)
-                raise OSError(code, f"resolving generic netlink family {name}: {os.strerror(code)}")
-            if message.type == wire.GENL_ID_CTRL:
-                return wire.decode_ctrl_family(buf, message)
-            raise wire.DecodeError(f"unexpected message type {message.type} resolving {name}")
-        raise wire.DecodeError(f"no reply resolving {name}")
-
-    def datapaths(self, family_id: int) -> list[wire.Datapath]:
-        seq = next(self._seq) & 0xFFFFFFFF
-        self._sock.send(wire.encode_get_dump(family_id, wire.OVS_DATAPATH_VERSION, seq))
-        found: list[wire.Datapath] = []
-        for buf, message in self._replies(seq):
-            if message.type == family_id:
-                found.append(wire.decode_datapath(buf, message))
-            elif message.type in (wire.NLMSG_DONE, wire.NLMSG_ERROR):
-                code = wire.error_code(buf, message)
-                if code:
-                    raise wire.NetlinkError(code, f"datapath dump failed: {os.strerror(code)}")
-                if message.type == wire.NLMSG_DONE:
-                    return found
-        raise AssertionError("unreachable: _replies never ends")  # pragma: no cover
-
-    def _replies(self, seq: int) -> Iterator[tuple[bytes, wire.Message]]:
-        """The messages answering request ``seq``, as they arrive (a socket timeout ends them)."""
-        while True:
-            buf = self._sock.recv(_RECV_BUFSIZE)
-            if not buf:
-                raise wire.DecodeError("netlink socket returned an empty datagram")
-            for message in wire.iter_messages(buf):
-                if message.seq == seq:
-                    yield buf, message
+    def datapaths(self, family_id: int) -> list[Datapath]:
+        request = encode_ovs_get(family_id, OVS_DATAPATH_VERSION, self._sock.next_seq())
+        return [decode_datapath(buf, m) for buf, m in self._sock.dump(request, family_id, "datapath dump")]
 
     def close(self) -> None:
         self._sock.close()
@@ -216,21 +170,20 @@ class _Listener:
         self.families.clear()
         try:
             ctrl = self.control.resolve("nlctrl")
-            self._join(ctrl, wire.GENL_CTRL_NOTIFY_GROUP)
+            self._join(ctrl, GENL_CTRL_NOTIFY_GROUP)
             for name, group in (
-                (wire.OVS_DATAPATH_FAMILY, wire.OVS_DATAPATH_MCGROUP),
-                (wire.OVS_VPORT_FAMILY, wire.OVS_VPORT_MCGROUP),
+                (OVS_DATAPATH_FAMILY, OVS_DATAPATH_MCGROUP),
+                (OVS_VPORT_FAMILY, OVS_VPORT_MCGROUP),
             ):
                 family = self.control.resolve(name)
                 self._join(family, group)
                 if family.family_id is None:
-                    raise wire.DecodeError(f"nlctrl reply for {name} carries no family id")
+                    raise DecodeError(f"nlctrl reply for {name} carries no family id")
                 self.families[name] = family.family_id
             self.datapath_names = {
-                dp.dp_ifindex: dp.name
-                for dp in self.control.datapaths(self.families[wire.OVS_DATAPATH_FAMILY])
+                dp.dp_ifindex: dp.name for dp in self.control.datapaths(self.families[OVS_DATAPATH_FAMILY])
             }
-        except (FamilyNotFoundError, OSError, wire.DecodeError) as err:
+        except (FamilyNotFoundError, OSError, DecodeError) as err:
             self.families.clear()
             self._fail(err)
             return
@@ -241,10 +194,10 @@ class _Listener:
             log.info("%sport event listener subscribed again after: %s", self.where, self.error)
             self.error = None
 
-    def _join(self, family: wire.CtrlFamily, group: str) -> None:
+    def _join(self, family: CtrlFamily, group: str) -> None:
         groups = dict(family.groups)
         if group not in groups:
-            raise wire.DecodeError(f"family {family.name} has no multicast group {group}")
+            raise DecodeError(f"family {family.name} has no multicast group {group}")
         self.notify.join(groups[group])
 
     def _fail(self, err: BaseException) -> None:
@@ -269,7 +222,7 @@ class _Listener:
         changed = False
         while True:
             try:
-                buf = self.notify.recv()
+                buf = self.notify.poll()
             except OSError as err:
                 if err.errno != errno.ENOBUFS:
                     raise
@@ -288,37 +241,37 @@ class _Listener:
                 return changed
             try:
                 self._handle(buf)
-            except wire.DecodeError as err:
+            except DecodeError as err:
                 log.error("%sport event listener: malformed notification skipped: %s", self.where, err)
             changed = True
 
     def _handle(self, buf: bytes) -> None:
-        vport_family = self.families.get(wire.OVS_VPORT_FAMILY)
-        dp_family = self.families.get(wire.OVS_DATAPATH_FAMILY)
-        for message in wire.iter_messages(buf):
+        vport_family = self.families.get(OVS_VPORT_FAMILY)
+        dp_family = self.families.get(OVS_DATAPATH_FAMILY)
+        for message in iter_messages(buf):
             if message.type == vport_family:
-                cmd, dp_ifindex = wire.genl_command(buf, message)
+                cmd, dp_ifindex = genl_command(buf, message)
                 event = EVENTS.get(cmd)
                 if event is not None:
                     self._count(dp_ifindex, event)
             elif message.type == dp_family:
-                cmd, _ = wire.genl_command(buf, message)
-                datapath = wire.decode_datapath(buf, message)
-                if cmd == wire.OVS_CMD_DEL:
+                cmd, _ = genl_command(buf, message)
+                datapath = decode_datapath(buf, message)
+                if cmd == OVS_CMD_DEL:
                     # Its counters go with it: a datapath made again under this name starts at 0.
                     self.datapath_names.pop(datapath.dp_ifindex, None)
                     for event in EVENTS.values():
                         self.counts.pop((datapath.name, event), None)
-                elif cmd == wire.OVS_CMD_NEW:
+                elif cmd == OVS_CMD_NEW:
                     self.datapath_names[datapath.dp_ifindex] = datapath.name
                     self._known(datapath.name)
-            elif message.type == wire.GENL_ID_CTRL:
-                self._on_ctrl(wire.decode_ctrl_family(buf, message))
+            elif message.type == GENL_ID_CTRL:
+                self._on_ctrl(decode_ctrl_family(buf, message))
 
-    def _on_ctrl(self, ctrl: wire.CtrlFamily) -> None:
-        if ctrl.name not in (wire.OVS_DATAPATH_FAMILY, wire.OVS_VPORT_FAMILY):
+    def _on_ctrl(self, ctrl: CtrlFamily) -> None:
+        if ctrl.name not in (OVS_DATAPATH_FAMILY, OVS_VPORT_FAMILY):
             return
-        if ctrl.cmd in (wire.CTRL_CMD_DELFAMILY, wire.CTRL_CMD_DELMCAST_GRP):
+        if ctrl.cmd in (CTRL_CMD_DELFAMILY, CTRL_CMD_DELMCAST_GRP):
             # The kernel dropped our memberships with the family; the ids may differ next time. No
             # datapath outlives the module, so their counters go too.
             if self.subscribed:
@@ -327,7 +280,7 @@ class _Listener:
             self.families.clear()
             self.datapath_names.clear()
             self.counts.clear()
-        elif ctrl.cmd in (wire.CTRL_CMD_NEWFAMILY, wire.CTRL_CMD_NEWMCAST_GRP):
+        elif ctrl.cmd in (CTRL_CMD_NEWFAMILY, CTRL_CMD_NEWMCAST_GRP):
             self.subscribe()
 
     def _count(self, dp_ifindex: int, event: str) -> None:
@@ -335,9 +288,9 @@ class _Listener:
         if name is None:
             # Only after lost notifications (the datapath's own NEW was among them): ask again.
             try:
-                family = self.families[wire.OVS_DATAPATH_FAMILY]
+                family = self.families[OVS_DATAPATH_FAMILY]
                 self.datapath_names.update((dp.dp_ifindex, dp.name) for dp in self.control.datapaths(family))
-            except (KeyError, OSError, wire.DecodeError) as err:
+            except (KeyError, OSError, DecodeError) as err:
                 log.debug("%slisting datapaths failed: %s", self.where, err)
             name = self.datapath_names.get(dp_ifindex)
             if name is None:
@@ -366,17 +319,15 @@ def open_sockets(timeout: float) -> OpenSockets:
     def opener(netns: str | None) -> tuple[NotifySocket, ControlSocket]:
         if netns is None:
             return _open_pair(timeout)
-        from exporter.namespaces import call_in_namespace
-
         return call_in_namespace(netns, lambda: _open_pair(timeout))
 
     return opener
 
 
 def _open_pair(timeout: float) -> tuple[NotifySocket, ControlSocket]:
-    notify = NetlinkNotifySocket()
+    notify = GenlSocket(timeout, rcvbuf=_NOTIFY_RCVBUF)
     try:
-        return notify, NetlinkControlSocket(timeout)
+        return notify, _Control(GenlSocket(timeout))
     except BaseException:
         notify.close()
         raise

@@ -31,9 +31,19 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-from exporter.exposition import INTERFACE_INFO, SYSTEM_INFO, Format, family_header, render_info_samples
-from exporter.model import DatapathDump, Health, SourceReport
-from exporter.ovsdb import OvsdbInterface, OvsdbReader, OvsdbSnapshot
+from exporter.exposition import Format, family_header, render_info_samples
+from exporter.ovsdb.reader import OvsdbInterface, OvsdbReader, OvsdbSnapshot
+from exporter.records import Health, SourceReport
+
+INTERFACE_INFO = (
+    "ovs_interface",
+    "A kernel vport as OVSDB describes it: bridge, ofport, interface type and the allowed"
+    " Interface external_ids (value 1). Join on (instance, job, netns, datapath, port).",
+)
+SYSTEM_INFO = (
+    "ovs_system",
+    "The Open vSwitch instance, from OVSDB's Open_vSwitch table (value 1).",
+)
 
 KERNEL_DATAPATH = "ovs-system"
 SYSTEM_DATAPATH_TYPES = ("", "system")
@@ -285,7 +295,7 @@ class IdentitySource:
         self._clock = clock
         self.reader.start()
 
-    def report(self, fmt: Format, dumps: Sequence[DatapathDump]) -> SourceReport:
+    def report(self, fmt: Format, dumps: Sequence[object]) -> SourceReport:
         """This scrape's identity families and ``collector="ovsdb"`` health (``SnapshotSource``).
 
         Success means a complete, current copy of OVSDB was there to serve; the duration
