@@ -5,6 +5,8 @@ once, before anything is timed. ``PrebuiltKernelSocket`` then answers each dump
 request with those datagrams, only writing the request's sequence number into
 them: per scrape it costs one ``bytes.join`` per datagram, close to the copy the
 kernel itself makes, so the timings are those of the exporter, not of the fake.
+``PrebuiltLinkSocket`` answers the rtnetlink GETs of the vports' devices (the
+exporter asks for each once), with the kind each port's name suggests.
 """
 
 from __future__ import annotations
@@ -19,6 +21,24 @@ from exporter.kernel.families.datapath import OVS_DATAPATH_FAMILY
 from exporter.kernel.families.vport import OVS_VPORT_FAMILY
 from exporter.kernel.genl import FamilyNotFoundError
 from tests import ovs_messages as om
+
+# The kind of device each port's name is typical of (rtnetlink's IFLA_INFO_KIND); None: none,
+# as a physical NIC. Ports not matched (a local port of a datapath) are OVS internal ports.
+_KIND_OF_PREFIX = (
+    ("tap", "tun"),
+    ("qvo", "veth"),
+    ("veth", "veth"),
+    ("vxlan_sys", "vxlan"),
+    ("genev_sys", "geneve"),
+    ("gre_sys", "gretap"),
+    ("erspan_sys", "erspan"),
+    ("eth", None),
+)
+
+
+def device_kind(name: str) -> str | None:
+    return next((kind for prefix, kind in _KIND_OF_PREFIX if name.startswith(prefix)), "openvswitch")
+
 
 # Several datapaths, one of them holding most ports, as on a hypervisor with a
 # main bridge set and a few separate ones (dp_ifindex as the kernel would number them).
@@ -48,6 +68,7 @@ class Dataset:
     vports: int
     datapath_dump: list[list[bytes]]  # each datagram as the pieces around its seq fields
     vport_dumps: dict[int, list[list[bytes]]]  # dp_ifindex -> datagrams
+    links: dict[int, tuple[str, str | None]]  # ifindex -> name and device kind of the vports' netdevs
 
     @property
     def nbytes(self) -> int:
@@ -138,13 +159,17 @@ def _template(messages: list[bytes]) -> list[list[bytes]]:
 def build(vports: int, seed: int = 6) -> Dataset:
     datapaths: list[om.FakeDatapath] = []
     vport_dumps: dict[int, list[list[bytes]]] = {}
+    links: dict[int, tuple[str, str | None]] = {}
     for datapath, ports in fake_datapaths(vports, seed):
         datapaths.append(datapath)
-        vport_dumps[datapath.dp_ifindex] = _template(
-            [om.vport_message(0, datapath.dp_ifindex, port) for port in ports]
-        )
+        messages = []
+        for port in ports:
+            messages.append(om.vport_message(0, datapath.dp_ifindex, port))
+            if port.ifindex is not None and port.netnsid is None:
+                links[port.ifindex] = (port.name, device_kind(port.name))
+        vport_dumps[datapath.dp_ifindex] = _template(messages)
     datapath_dump = _template([om.datapath_message(0, dp) for dp in datapaths])
-    return Dataset(vports, datapath_dump, vport_dumps)
+    return Dataset(vports, datapath_dump, vport_dumps, links)
 
 
 class PrebuiltKernelSocket:
@@ -179,3 +204,10 @@ class PrebuiltKernelSocket:
 
     def close(self) -> None:
         self._pending = iter(())
+
+
+class PrebuiltLinkSocket(om.FakeLinkSocket):
+    """A NETLINK_ROUTE socket answering the exporter's link GETs from a ``Dataset``'s links."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        super().__init__(dataset.links)

@@ -65,7 +65,7 @@ def serve(implementation: str, vports: int, ovsdb: str | None = None) -> None:
     its copy, in bytes) and how long its first copy and build, and the one after one
     port is added, took (seconds).
     """
-    from benchmarks.dataset import PrebuiltKernelSocket, build
+    from benchmarks.dataset import PrebuiltKernelSocket, PrebuiltLinkSocket, build
 
     dataset = build(vports)
     extra = ""
@@ -76,7 +76,7 @@ def serve(implementation: str, vports: int, ovsdb: str | None = None) -> None:
         from exporter.http.server import MetricsServer
         from exporter.kernel.dumps import KernelSource
 
-        source = KernelSource(lambda: PrebuiltKernelSocket(dataset))
+        source = KernelSource(lambda: PrebuiltKernelSocket(dataset), lambda: PrebuiltLinkSocket(dataset))
         sources = []
         if ovsdb is not None:
             extra = _start_ovsdb(ovsdb, sources)

@@ -28,7 +28,7 @@ from exporter.config import (
 )
 from exporter.http import webconfig
 from exporter.http.server import HttpMetrics, MetricsServer
-from exporter.kernel.dumps import KernelSource, NamespaceSources
+from exporter.kernel.dumps import KernelSource, NamespaceSources, open_link_socket_in
 from exporter.kernel.events import EventListener, open_sockets
 from exporter.kernel.genl import open_socket
 from exporter.kernel.netns import namespace_id
@@ -41,7 +41,12 @@ log = logging.getLogger(__name__)
 # Filter flags: (flag, subject, rule), named like node_exporter's --collector.netdev.device-include.
 _FILTER_FLAGS = [
     (f"--collector.{flag_subject}-{rule}", subject, rule)
-    for flag_subject, subject in (("datapath", "datapath"), ("port", "port"), ("vport-type", "vport_type"))
+    for flag_subject, subject in (
+        ("datapath", "datapath"),
+        ("port", "port"),
+        ("vport-type", "vport_type"),
+        ("device-kind", "device_kind"),
+    )
     for rule in ("include", "exclude")
 ]
 
@@ -132,12 +137,13 @@ def _parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="How long to wait for each kernel reply (default 5).",
     )
+    filter_subjects = {
+        "vport_type": "vport types (netdev, internal, gre, vxlan, geneve, or a number)",
+        "device_kind": "device kinds of the vports' netdevs (tun, veth, geneve, vxlan, openvswitch, "
+        "none for a physical NIC, ...; '' when not known)",
+    }
     for flag, subject, rule in _FILTER_FLAGS:
-        what = (
-            "vport types (netdev, internal, gre, vxlan, geneve, or a number)"
-            if subject == "vport_type"
-            else f"{subject} names"
-        )
+        what = filter_subjects.get(subject, f"{subject} names")
         p.add_argument(
             flag,
             dest=f"filter_{subject}_{rule}",
@@ -250,10 +256,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_CONFIG
     logs.setup(config.log_level, config.log_format)
 
-    source = KernelSource(lambda: open_socket(config.netlink_timeout))
+    # Device kinds are read for ovs_vport_info and the device kind filter; without either, not at all.
+    read_kinds = "info" in config.vport_metrics or not config.filters.device_kind.is_open
+    source = KernelSource(
+        lambda: open_socket(config.netlink_timeout),
+        (lambda: open_link_socket_in(None, config.netlink_timeout)) if read_kinds else None,
+    )
     namespaces = None
     if config.netns_names or config.netns_all:
-        namespaces = NamespaceSources(config.netns_names, config.netns_all, config.netlink_timeout)
+        namespaces = NamespaceSources(
+            config.netns_names,
+            config.netns_all,
+            config.netlink_timeout,
+            open_link_in=open_link_socket_in if read_kinds else None,
+        )
     identity = None
     if config.ovsdb_enabled:
         filters = config.filters

@@ -74,15 +74,19 @@ def apply_filters(dumps: Sequence[DatapathDump], filters: Filters) -> list[Datap
     ``ovs_datapath_vports`` keeps counting every vport of a datapath (``vport_count``):
     a filter changes what is exported, not what the datapath holds.
     """
-    if filters.port.is_open and filters.vport_type.is_open:
+    if filters.port.is_open and filters.vport_type.is_open and filters.device_kind.is_open:
         return [d for d in dumps if filters.datapath.allows(d.datapath.name)]
     kept: list[DatapathDump] = []
     for dump in dumps:
         if filters.datapath.allows(dump.datapath.name):
+            kinds = dump.device_kinds
             vports = [
                 v
                 for v in dump.vports
-                if filters.port.allows(v.name) and filters.vport_type.allows(v.type_name)
+                if filters.port.allows(v.name)
+                and filters.vport_type.allows(v.type_name)
+                # A vport whose kind was not read (its netdev in another namespace) is matched as "".
+                and filters.device_kind.allows(kinds.get(v.name, ""))
             ]
             kept.append(dataclasses.replace(dump, vports=vports))
     return kept

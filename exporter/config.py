@@ -20,7 +20,7 @@ from exporter.ovsdb.reader import check_remote
 
 LOG_LEVELS = ("debug", "info", "warn", "error")
 LOG_FORMATS = ("logfmt", "json")
-FILTER_SUBJECTS = ("datapath", "port", "vport_type")
+FILTER_SUBJECTS = ("datapath", "port", "vport_type", "device_kind")
 # Per-vport metric groups an operator can choose (--collector.vport.metrics), in the order the
 # README lists them; exposition.VPORT_METRIC_GROUPS says which families each one serves.
 VPORT_METRIC_GROUPS = ("packets", "bytes", "errors", "dropped", "upcalls", "info")
@@ -53,6 +53,7 @@ class Filters:
     datapath: NameFilter = field(default_factory=NameFilter)
     port: NameFilter = field(default_factory=NameFilter)
     vport_type: NameFilter = field(default_factory=NameFilter)
+    device_kind: NameFilter = field(default_factory=NameFilter)  # "" for a vport whose kind was not read
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from exporter.kernel.families.datapath import DATAPATH, OVS_DATAPATH_FAMILY, OVS_DATAPATH_VERSION
+from exporter.kernel.families.link import IFINFOMSG, LINK, LINKINFO, RTM_GETLINK, RTM_NEWLINK
 from exporter.kernel.families.nlctrl import (
     CTRL,
     CTRL_ATTR_FAMILY_ID,
@@ -286,3 +287,67 @@ def datapath_notification(cmd: int, dp: FakeDatapath, family: int = DATAPATH_FAM
     struct.pack_into("=HH", message, 4, family, 0)
     message[16] = cmd
     return bytes(message)
+
+
+# --- rtnetlink: links, as rtnl_fill_ifinfo lays them out ------------------------------------------
+
+#: The attributes of a link message the exporter skips, as a 6.x kernel sends them before and
+#: around the ones it reads (IFLA_TXQLEN, OPERSTATE, LINKMODE, MTU, GROUP, PROMISCUITY, ..., QDISC).
+_LINK_FILLER = (
+    nla(13, struct.pack("=I", 1000))
+    + nla(16, b"\x06")
+    + nla(17, b"\x00")
+    + nla(4, struct.pack("=I", 1500))
+    + nla(27, struct.pack("=I", 0))
+    + nla(30, struct.pack("=I", 0))
+    + nla(6, b"noqueue\0")
+)
+IFLA_INFO_DATA = 2
+
+
+def link_message(seq: int, ifindex: int, name: str, kind: str | None, flags: int = 0) -> bytes:
+    """An RTM_NEWLINK for one link: its name, filler, and IFLA_LINKINFO (kind and its data) when it has a kind."""
+    attrs = nla(LINK["IFNAME"], name.encode() + b"\0") + _LINK_FILLER
+    if kind is not None:
+        info = nla(LINKINFO["KIND"], kind.encode() + b"\0") + nla(
+            IFLA_INFO_DATA | NLA_F_NESTED, nla(1, b"\1\0\0\0")
+        )
+        attrs += nla(LINK["LINKINFO"] | NLA_F_NESTED, info)
+    return nlmsg(RTM_NEWLINK, flags, seq, IFINFOMSG.pack(0, 1, ifindex, 0x1043, 0) + attrs)
+
+
+class FakeLinkSocket:
+    """A NETLINK_ROUTE socket answering RTM_GETLINK of one ifindex from ``links``: ifindex ->
+    (name, kind or None); ENODEV for any other. Several requests in one send get one reply
+    datagram each, as the kernel sends them. Records every request."""
+
+    def __init__(self, links: dict[int, tuple[str, str | None]] | None = None) -> None:
+        self.links = dict(links or {})
+        self.requests: list[bytes] = []
+        self.sends = 0
+        self.pending: list[bytes] = []
+        self.closed = False
+
+    def send(self, data: bytes) -> None:
+        self.sends += 1
+        pos = 0
+        while pos < len(data):
+            length, mtype, flags, seq, _pid = struct.unpack_from("=IHHII", data, pos)
+            request = data[pos : pos + length]
+            self.requests.append(request)
+            assert mtype == RTM_GETLINK and flags == NLM_F_REQUEST, "only a GET of one link"
+            ifindex = IFINFOMSG.unpack_from(request, 16)[2]
+            if ifindex in self.links:
+                name, kind = self.links[ifindex]
+                self.pending.append(link_message(seq, ifindex, name, kind))
+            else:
+                self.pending.append(nlmsg_error(seq, errno.ENODEV, request))
+            pos += (length + 3) & ~3
+
+    def recv(self) -> bytes:
+        if not self.pending:
+            raise TimeoutError("no reply pending")
+        return self.pending.pop(0)
+
+    def close(self) -> None:
+        self.closed = True

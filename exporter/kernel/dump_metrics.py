@@ -135,7 +135,11 @@ VPORT_COUNTERS: tuple[VportCounter, ...] = (
     ),
 )
 
-VPORT_INFO = ("ovs_vport", "Static attributes of a vport (value 1).")
+VPORT_INFO = (
+    "ovs_vport",
+    "Static attributes of a vport, and the kind of its device (rtnetlink IFLA_INFO_KIND; none: a physical"
+    " NIC) (value 1).",
+)
 
 # The per-vport metric groups an operator chooses with --collector.vport.metrics
 # (config.VPORT_METRIC_GROUPS) -> the families each one serves.
@@ -246,11 +250,14 @@ DATAPATH_METRICS: tuple[DatapathMetric, ...] = (
 )
 
 
-def _vport_info_sample(port_labels: str, vport: Vport) -> str:
-    """The ``ovs_vport_info`` line. ``port_labels``: the escaped labels naming the port."""
+def _vport_info_sample(port_labels: str, vport: Vport, device_kind: str | None) -> str:
+    """The ``ovs_vport_info`` line. ``port_labels``: the escaped labels naming the port;
+    ``device_kind``: its netdev's kind (``device_kinds.NO_KIND`` for none), None when not read."""
     # Attributes an older kernel does not send are left out, never filled with 0. The
     # numbers and type names need no escaping.
     optional = ""
+    if device_kind is not None:
+        optional += f',device_kind="{escape_label_value(device_kind)}"'
     if vport.ifindex is not None:
         optional += f',ifindex="{vport.ifindex}"'
     if vport.netnsid is not None:
@@ -334,11 +341,11 @@ class DatapathRenderer:
 
     Nothing is ever served from an earlier scrape: each cached text is stored with
     the exact values it was made from (the datapath's labels and every port name in
-    order, which ports have the record; every non-counter field of every port for
-    the info lines) and used only when this scrape's records hold the same, and every
-    counter value is this scrape's. The cache holds only what the last scrape used,
-    so ports and datapaths that went away are let go. Not thread-safe: the collector
-    renders under its lock.
+    order, which ports have the record; every non-counter field of every port and the
+    datapath's device kinds for the info lines) and used only when this scrape's
+    records hold the same, and every counter value is this scrape's. The cache holds
+    only what the last scrape used, so ports and datapaths that went away are let go.
+    Not thread-safe: the collector renders under its lock.
 
     The text is handed to ``write`` a family of a datapath at a time, in exposition
     order, so that it can be compressed and let go as it is made: a scrape never
@@ -347,7 +354,8 @@ class DatapathRenderer:
 
     def __init__(self) -> None:
         self._counters: dict[tuple[str, int], _Counters] = {}
-        self._info: dict[str, tuple[object, bytes]] = {}
+        # datapath labels -> the key of its ovs_vport_info text, the device kinds it shows, the text
+        self._info: dict[str, tuple[object, Mapping[str, str], bytes]] = {}
 
     def render(
         self,
@@ -386,13 +394,19 @@ class DatapathRenderer:
             write(family_header(VPORT_INFO[0], "info", VPORT_INFO[1], fmt).encode())
             for port in ports:
                 vports = port.dump.vports
+                kinds = port.dump.device_kinds
                 info_key = (port.dp, tuple(map(_IDENTITY, vports)))
                 cached_info = previous_info.get(port.dp)
-                if cached_info is None or cached_info[0] != info_key:
-                    text = "".join(map(_vport_info_sample, port.labels, vports)).encode()
-                    cached_info = (info_key, text)
+                # The kinds are the same object as last time while the datapath's links are.
+                if (
+                    cached_info is None
+                    or cached_info[0] != info_key
+                    or (cached_info[1] is not kinds and cached_info[1] != kinds)
+                ):
+                    samples = map(_vport_info_sample, port.labels, vports, map(kinds.get, port.names))
+                    cached_info = (info_key, kinds, "".join(samples).encode())
                 self._info[port.dp] = cached_info
-                write(cached_info[1])
+                write(cached_info[2])
 
         for metric in DATAPATH_METRICS:
             sample = metric.name + "_total" if metric.kind == "counter" else metric.name

@@ -2,8 +2,10 @@
 
 One ``KernelSource.collect()`` is one scrape's worth of kernel state: an ``ovs_datapath``
 dump, then one ``ovs_vport`` dump per datapath (the kernel's vport dump covers a single
-datapath, named by its ``dp_ifindex``). Only GET dumps are ever sent. ``NamespaceSources``
-keeps one such source per named network namespace (``--collector.netns``).
+datapath, named by its ``dp_ifindex``), and the device kind of every vport not seen before
+(``exporter.kernel.device_kinds``: one rtnetlink GET per new link). Only GETs are ever
+sent. ``NamespaceSources`` keeps one such source per named network namespace
+(``--collector.netns``).
 
 The socket is the only piece that touches the kernel, behind the small
 ``KernelSocket`` protocol, so tests and the benchmark replace exactly that and
@@ -21,12 +23,14 @@ import itertools
 import operator
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Protocol, TypeVar
 
 from exporter import deadline
 from exporter.kernel import netns
+from exporter.kernel.device_kinds import DeviceKinds, LinkSocket
 from exporter.kernel.families.datapath import (
     OVS_DATAPATH_FAMILY,
     OVS_DATAPATH_VERSION,
@@ -34,7 +38,7 @@ from exporter.kernel.families.datapath import (
     decode_datapath,
 )
 from exporter.kernel.families.vport import OVS_VPORT_FAMILY, OVS_VPORT_VERSION, Vport, VportDecoder
-from exporter.kernel.genl import open_socket
+from exporter.kernel.genl import NETLINK_ROUTE, open_socket
 from exporter.kernel.netlink import (
     NLMSG_DONE,
     NLMSG_ERROR,
@@ -48,6 +52,9 @@ from exporter.kernel.netlink import (
 
 T = TypeVar("T")
 
+#: The device kinds of a dump read without them.
+NO_DEVICE_KINDS: Mapping[str, str] = MappingProxyType({})
+
 
 @dataclass(frozen=True, slots=True)
 class DatapathDump:
@@ -57,6 +64,9 @@ class DatapathDump:
     vports: list[Vport]
     vport_count: int  # every vport the kernel listed, before any filter
     netns: str | None = None  # the named network namespace it was read in; None: the exporter's own
+    # Vport name -> the kind of its netdev (device_kinds.NO_KIND: none), for the vports whose kind
+    # was read; the same object from scrape to scrape while the datapath's links are the same.
+    device_kinds: Mapping[str, str] = dataclasses.field(default_factory=lambda: NO_DEVICE_KINDS)
 
 
 class KernelSocket(Protocol):
@@ -76,14 +86,23 @@ class KernelSocket(Protocol):
 
 
 class KernelSource:
-    """Dumps every datapath and every vport, through a socket kept open between scrapes."""
+    """Dumps every datapath and every vport, through a socket kept open between scrapes.
 
-    def __init__(self, open_socket: Callable[[], KernelSocket]) -> None:
+    With ``open_link_socket`` (a NETLINK_ROUTE socket), it also reads the device kind of
+    every vport it has not seen before; without, the dumps carry no device kinds.
+    """
+
+    def __init__(
+        self,
+        open_socket: Callable[[], KernelSocket],
+        open_link_socket: Callable[[], LinkSocket] | None = None,
+    ) -> None:
         self._open_socket = open_socket
         self._socket: KernelSocket | None = None
         self._seq = itertools.count(1)
         # Reuses the decoding of vport messages whose bytes, counters aside, did not change.
         self._vports = VportDecoder()
+        self._kinds = DeviceKinds(open_link_socket) if open_link_socket is not None else None
 
     def collect(self) -> list[DatapathDump]:
         """One scrape's kernel state. Raises on any failure; the caller reports it.
@@ -105,6 +124,8 @@ class KernelSource:
         if self._socket is not None:
             sock, self._socket = self._socket, None
             sock.close()
+        if self._kinds is not None:
+            self._kinds.close()
 
     def _collect(self, sock: KernelSocket) -> list[DatapathDump]:
         # Resolved on every scrape: reloading the module can change the ids.
@@ -114,6 +135,8 @@ class KernelSource:
             self._dump(sock, dp_family, OVS_DATAPATH_VERSION, 0, _decoding(decode_datapath))
         )
         self._vports.new_scrape()
+        if self._kinds is not None:
+            self._kinds.new_scrape()
         dumps: list[DatapathDump] = []
         for datapath in datapaths:
             try:
@@ -129,7 +152,8 @@ class KernelSource:
                     continue  # deleted since the datapath dump: normal, not an error
                 raise
             unique = _unique_by_name(vports)
-            dumps.append(DatapathDump(datapath, unique, len(unique)))
+            kinds = self._kinds.kinds(datapath.name, unique) if self._kinds is not None else NO_DEVICE_KINDS
+            dumps.append(DatapathDump(datapath, unique, len(unique), device_kinds=kinds))
         return dumps
 
     def _dump(
@@ -240,11 +264,15 @@ class NamespaceSources:
         open_in: Callable[[str, float], KernelSocket] = lambda name, timeout: open_socket(timeout, name),
         discover: Callable[[], list[str]] = netns.list_namespaces,
         identify: Callable[[str], tuple[int, int]] = netns.namespace_id,
+        open_link_in: Callable[[str, float], LinkSocket] | None = None,
     ) -> None:
+        """``open_link_in``: a NETLINK_ROUTE socket in a namespace, to read device kinds there
+        (``open_link_socket_in``); None reads none."""
         self._names = list(names)
         self._all = all_namespaces
         self._timeout = timeout
         self._open_in = open_in
+        self._open_link_in = open_link_in
         self._discover = discover
         self._identify = identify
         # name -> (the namespace's identity when its socket was opened, its source)
@@ -289,7 +317,11 @@ class NamespaceSources:
         if known is not None and known[0] == identity:
             return known[1]
         self._drop(name)
-        source = KernelSource(self._socket_opener(name))
+        open_link = self._open_link_in
+        source = KernelSource(
+            self._socket_opener(name),
+            None if open_link is None else lambda: open_link(name, self._timeout),
+        )
         self._sources[name] = (identity, source)
         return source
 
@@ -300,3 +332,8 @@ class NamespaceSources:
 
     def _socket_opener(self, name: str) -> Callable[[], KernelSocket]:
         return lambda: self._open_in(name, self._timeout)
+
+
+def open_link_socket_in(netns_name: str | None, timeout: float) -> LinkSocket:
+    """A NETLINK_ROUTE socket, in a named namespace or (None) the exporter's own, for device kinds."""
+    return open_socket(timeout, netns_name, protocol=NETLINK_ROUTE)

@@ -1,14 +1,16 @@
-"""The one generic netlink socket every kernel reader uses: lookups, requests, dumps, notifications.
+"""The one netlink socket every kernel reader uses: lookups, requests, dumps, notifications.
 
-A plain ``AF_NETLINK``/``NETLINK_GENERIC`` socket (pyroute2's socket objects are not
-used: in 0.9 a synchronous one only works in the thread that made it, and scrapes run in
-the HTTP server's threads). It resolves family names with nlctrl
+A plain ``AF_NETLINK`` socket (pyroute2's socket objects are not used: in 0.9 a
+synchronous one only works in the thread that made it, and scrapes run in the HTTP
+server's threads), ``NETLINK_GENERIC`` for the OVS families, or ``NETLINK_ROUTE`` for
+rtnetlink's link GET (``exporter.kernel.families.link``): the framing, the sequence
+numbers, the errors and the timeouts are the same netlink. It resolves family names with nlctrl
 (``exporter.kernel.families.nlctrl``), sends requests and yields the messages answering
 them, matched by sequence number, and receives multicast notifications. Every wait is
 bounded by the socket's timeout (``--netlink.timeout``) and, during a scrape, by the
 scrape's deadline (``exporter.deadline``).
 
-``open_socket(timeout, netns)`` opens one in the exporter's own network namespace or in a
+``open_socket(timeout, netns, protocol=...)`` opens one in the exporter's own network namespace or in a
 named one (``exporter.kernel.netns``); the socket keeps its namespace for its whole life.
 Only GET requests are ever built by the families' codecs; this socket sends what it is given.
 """
@@ -34,6 +36,7 @@ from exporter.kernel.netlink import (
     iter_messages,
 )
 
+NETLINK_ROUTE = 0  # linux/netlink.h: rtnetlink
 NETLINK_GENERIC = 16  # linux/netlink.h; the socket module does not name it
 # linux/socket.h and linux/netlink.h; Python's socket module names neither.
 SOL_NETLINK = 270
@@ -50,13 +53,15 @@ class FamilyNotFoundError(Exception):
 
 
 class GenlSocket:
-    """A NETLINK_GENERIC socket: family lookups, requests and their replies, multicast groups.
+    """A netlink socket: family lookups, requests and their replies, multicast groups.
 
+    ``NETLINK_GENERIC`` unless ``protocol`` says otherwise; ``resolve`` and ``join`` are
+    generic netlink's, everything else works for ``NETLINK_ROUTE`` as well.
     Not thread-safe: each reader owns its sockets.
     """
 
-    def __init__(self, timeout: float, rcvbuf: int = DEFAULT_RCVBUF) -> None:
-        self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_GENERIC)
+    def __init__(self, timeout: float, rcvbuf: int = DEFAULT_RCVBUF, protocol: int = NETLINK_GENERIC) -> None:
+        self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, protocol)
         self._timeout = timeout
         self._seq = itertools.count(1)
         try:
@@ -177,14 +182,16 @@ class GenlSocket:
         self._sock.close()
 
 
-def open_socket(timeout: float, netns: str | None = None, rcvbuf: int = DEFAULT_RCVBUF) -> GenlSocket:
+def open_socket(
+    timeout: float, netns: str | None = None, rcvbuf: int = DEFAULT_RCVBUF, protocol: int = NETLINK_GENERIC
+) -> GenlSocket:
     """A socket in the exporter's own network namespace (None) or in the named one.
 
     A named namespace needs CAP_SYS_ADMIN (setns); one that does not exist raises
     FileNotFoundError and is never created.
     """
     if netns is None:
-        return GenlSocket(timeout, rcvbuf)
+        return GenlSocket(timeout, rcvbuf, protocol)
     from exporter.kernel.netns import call_in_namespace
 
-    return call_in_namespace(netns, lambda: GenlSocket(timeout, rcvbuf))
+    return call_in_namespace(netns, lambda: GenlSocket(timeout, rcvbuf, protocol))

@@ -3,7 +3,9 @@
 Independent from the exporter's own decoder on purpose: the tests compare what the exporter
 serves with what this reads from the kernel. It also builds topology (OVS_DP_CMD_NEW,
 OVS_VPORT_CMD_NEW with tunnel options), which the read-only exporter never does.
-Layouts follow include/uapi/linux/openvswitch.h and include/uapi/linux/genetlink.h.
+Layouts follow include/uapi/linux/openvswitch.h and include/uapi/linux/genetlink.h; the links
+(a dump of every one, where the exporter asks for one at a time) include/uapi/linux/rtnetlink.h
+and if_link.h.
 """
 
 from __future__ import annotations
@@ -25,6 +27,13 @@ NLMSG_DONE = 3
 NLA_TYPE_MASK = 0x3FFF
 NLA_F_NESTED = 0x8000
 NETLINK_GENERIC = 16  # not exported by Python's socket module
+NETLINK_ROUTE = 0
+
+# include/uapi/linux/rtnetlink.h and if_link.h
+RTM_NEWLINK, RTM_GETLINK = 16, 18
+IFLA_IFNAME, IFLA_LINKINFO = 3, 18
+IFLA_INFO_KIND = 1
+IFINFOMSG_SIZE = 16  # struct ifinfomsg
 
 # include/uapi/linux/genetlink.h
 GENL_ID_CTRL = 0x10
@@ -218,13 +227,23 @@ class VportInfo:
 
 
 @dataclass(frozen=True)
+class Link:
+    """One network device of the namespace, as rtnetlink lists it."""
+
+    ifindex: int
+    name: str
+    kind: str | None  # IFLA_INFO_KIND; None: the device has none (a physical NIC, lo)
+
+
+@dataclass(frozen=True)
 class Snapshot:
-    """Every datapath and vport of the namespace, read in one pass."""
+    """Every datapath and vport of the namespace, read in one pass, and its network devices."""
 
     datapaths: dict[str, DatapathInfo]
     vports: dict[str, dict[str, VportInfo]] = field(default_factory=dict)
     datapath_dump: Dump | None = None
     vport_dumps: dict[str, Dump] = field(default_factory=dict)
+    links: dict[int, Link] = field(default_factory=dict)  # by ifindex
 
     def counters(self) -> dict[tuple[str, ...], int | None]:
         """All counters keyed by (datapath, [port,] name), for comparing two snapshots."""
@@ -247,11 +266,16 @@ class OvsNetlink:
         self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_GENERIC)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
         self.sock.bind((0, 0))
+        # rtnetlink, opened now so that it is in the same namespace as the OVS socket.
+        self.route = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE)
+        self.route.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        self.route.bind((0, 0))
         self.seq = 0
         self._families: dict[str, int] = {}
 
     def close(self) -> None:
         self.sock.close()
+        self.route.close()
 
     def __enter__(self) -> OvsNetlink:
         return self
@@ -422,6 +446,38 @@ class OvsNetlink:
         attrs = nla_str(VPORT_ATTR_NAME, name)
         self._request(VPORT_FAMILY, VPORT_VERSION, CMD_DEL, 0, attrs, NLM_F_ACK)
 
+    # --- network devices (rtnetlink) ---
+
+    def dump_links(self) -> dict[int, Link]:
+        """Every network device of the namespace: an RTM_GETLINK dump."""
+        self.seq += 1
+        payload = struct.pack("=BxHiII", 0, 0, 0, 0, 0)
+        self.route.send(
+            struct.pack("=IHHII", 16 + len(payload), RTM_GETLINK, NLM_F_REQUEST | NLM_F_DUMP, self.seq, 0)
+            + payload
+        )
+        links: dict[int, Link] = {}
+        while True:
+            data = self.route.recv(1 << 20)
+            off = 0
+            while off + 16 <= len(data):
+                length, mtype, _flags, mseq, _pid = struct.unpack_from("=IHHII", data, off)
+                body = data[off + 16 : off + length]
+                off += (length + 3) & ~3
+                if mseq != self.seq:
+                    continue
+                if mtype == NLMSG_DONE:
+                    return links
+                if mtype == NLMSG_ERROR:
+                    (err,) = struct.unpack_from("=i", body)
+                    raise OSError(-err, os.strerror(-err))
+                if mtype == RTM_NEWLINK:
+                    ifindex = struct.unpack_from("=i", body, 4)[0]
+                    attrs = parse_attrs(body[IFINFOMSG_SIZE:])
+                    info = parse_attrs(attrs.get(IFLA_LINKINFO, b""))
+                    kind = info[IFLA_INFO_KIND].rstrip(b"\0").decode() if IFLA_INFO_KIND in info else None
+                    links[ifindex] = Link(ifindex, attrs[IFLA_IFNAME].rstrip(b"\0").decode(), kind)
+
     # --- everything ---
 
     def snapshot(self) -> Snapshot:
@@ -439,4 +495,4 @@ class OvsNetlink:
                 raise
             vport_dumps[dp.name] = dump
             vports[dp.name] = {v.name: v for v in map(VportInfo.decode, dump.messages)}
-        return Snapshot(datapaths, vports, dp_dump, vport_dumps)
+        return Snapshot(datapaths, vports, dp_dump, vport_dumps, self.dump_links())

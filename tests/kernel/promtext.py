@@ -155,6 +155,10 @@ def expected_series(snap: Snapshot) -> dict[SeriesKey, float]:
                 "port_no": str(vp.port_no),
                 "vport_type": vp.type_name,
             }
+            link = snap.links.get(vp.ifindex) if vp.ifindex and vp.netnsid is None else None
+            if link is not None and link.name == vp.name:
+                # The device's kind, as rtnetlink lists it; none: a device without one.
+                info["device_kind"] = link.kind or "none"
             if vp.ifindex is not None:
                 info["ifindex"] = str(vp.ifindex)
             if vp.netnsid is not None:

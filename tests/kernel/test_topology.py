@@ -6,7 +6,7 @@ from .conftest import HAS_UPCALL_STATS, consistent
 from .ovsnl import OvsNetlink
 from .procs import Exporter
 from .promtext import UPCALL_METRICS, diff, expected_series
-from .topology import Topology
+from .topology import Topology, ip_link_kinds
 
 
 def test_every_vport_type_and_datapath_is_served(
@@ -22,6 +22,31 @@ def test_every_vport_type_and_datapath_is_served(
     info = {k: v for k, v in expected_series(snap).items() if k[0] == "ovs_vport_info"}
     got = {k: v for k, v in scrape.series().items() if k[0] == "ovs_vport_info"}
     assert not diff(info, got)
+
+
+def test_device_kind_is_what_ip_link_says(nl: OvsNetlink, topology: Topology, exporter: Exporter) -> None:
+    """The vport types created over netlink are devices of a known kind: an internal port an
+    OVS internal device, a geneve vport a geneve device, a vxlan one a vxlan device, the gre one
+    the namespace's gretap; a veth a veth. ``ip -d link`` says the same. The internal port moved
+    into another namespace has an ifindex of that namespace: no kind."""
+    scrape = exporter.scrape()
+    info = {dict(lbls)["port"]: dict(lbls) for name, lbls, _ in scrape.samples if name == "ovs_vport_info"}
+    shown = ip_link_kinds()
+    for port, labels in info.items():
+        if port == "ia1":
+            assert "device_kind" not in labels and "netnsid" in labels
+        else:
+            assert labels["device_kind"] == (shown[port] or "none"), (port, labels, shown.get(port))
+    pairs = {
+        (labels["vport_type"], labels.get("device_kind")) for port, labels in info.items() if port != "ia1"
+    }
+    assert pairs == {
+        ("netdev", "veth"),
+        ("internal", "openvswitch"),
+        ("vxlan", "vxlan"),
+        ("geneve", "geneve"),
+        ("gre", "gretap"),
+    }
 
 
 def test_port_moved_to_another_namespace_reports_netnsid(

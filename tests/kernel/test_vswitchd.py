@@ -125,6 +125,8 @@ def test_vswitchd_datapath_and_ports_are_served(host_nl: OvsNetlink, host_export
         "port": GENEVE_VPORT,
         "port_no": str(tunnel.port_no),
         "vport_type": "netdev",
+        # What the device is, though, rtnetlink says.
+        "device_kind": "geneve",
     }
     if tunnel.ifindex is not None:
         info["ifindex"] = str(tunnel.ifindex)

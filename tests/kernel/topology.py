@@ -6,6 +6,7 @@ every packet stays inside it.
 
 from __future__ import annotations
 
+import json
 import re
 import socket
 import struct
@@ -30,6 +31,12 @@ def ip_batch(lines: list[str], netns: str | None = None) -> None:
     res = subprocess.run(cmd, input="\n".join(lines) + "\n", capture_output=True, text=True, timeout=60)
     if res.returncode:
         raise RuntimeError(f"{' '.join(cmd)} failed: {res.stderr.strip()}\n" + "\n".join(lines))
+
+
+def ip_link_kinds(netns: str | None = None) -> dict[str, str | None]:
+    """Every device of a namespace and its kind as ``ip -d -j link`` shows it (None: no kind)."""
+    out = sh("ip", *(["-n", netns] if netns else []), "-d", "-j", "link", "show").stdout
+    return {link["ifname"]: link.get("linkinfo", {}).get("info_kind") for link in json.loads(out)}
 
 
 def link_exists(name: str) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import gc
 import logging
@@ -199,6 +200,36 @@ def test_filters_on_datapath_port_and_type() -> None:
     assert ports == {"veth0", "vx0"}
     assert "br-int" not in body
     assert value(body, "ovs_datapath_vports", datapath="dp0") == 3  # counts what the datapath holds
+
+
+def test_filter_on_device_kind() -> None:
+    """Kinds as the source reads them; a vport whose kind was not read is matched as ""."""
+    (dump,) = kernel(
+        FakeDatapath("ovs-system", 3, vports=[
+            FakeVport(0, "ovs-system", type=2, ifindex=3), FakeVport(1, "tap0", ifindex=7),
+            FakeVport(2, "genev_sys_6081", ifindex=8), FakeVport(3, "eth1", ifindex=9),
+            FakeVport(4, "veth-in-pod", ifindex=4, netnsid=1),
+        ])
+    )  # fmt: skip
+    kinds = {"ovs-system": "openvswitch", "tap0": "tun", "genev_sys_6081": "geneve", "eth1": "none"}
+    dumps = [dataclasses.replace(dump, device_kinds=kinds)]
+
+    def served(**rules: NameFilter) -> set[str | None]:
+        body = Collector(ListSource(dumps), Filters(**rules), "1").scrape(Format.TEXT)
+        return {dict(k[1]).get("port") for k in samples(body) if k[0] == "ovs_vport_info"}
+
+    assert served(device_kind=NameFilter(include=re.compile("tun|veth"))) == {"tap0"}
+    assert served(device_kind=NameFilter(exclude=re.compile("geneve|vxlan|openvswitch"))) == {
+        "tap0",
+        "eth1",
+        "veth-in-pod",
+    }
+    assert served(device_kind=NameFilter(include=re.compile(""))) == {"veth-in-pod"}
+    body = Collector(ListSource(dumps), Filters(), "1").scrape(Format.TEXT)
+    assert value(body, "ovs_vport_info", datapath="ovs-system", port="eth1", port_no="3", vport_type="netdev",
+                 device_kind="none", ifindex="9") == 1  # fmt: skip
+    assert value(body, "ovs_vport_info", datapath="ovs-system", port="veth-in-pod", port_no="4",
+                 vport_type="netdev", ifindex="4", netnsid="1") == 1  # fmt: skip
 
 
 def test_label_values_are_escaped() -> None:

@@ -33,6 +33,7 @@ def test_example_config_loads_and_means_what_it_says() -> None:
     assert config.listen_address == ":9310" and config.netlink_timeout == 5.0
     assert config.filters.port.allows("tap0") and not config.filters.port.allows("patch-br-int")
     assert config.filters.vport_type.allows("vxlan")
+    assert config.filters.device_kind.allows("none")
 
 
 def test_flags_override_the_file(tmp_path: Path) -> None:
@@ -43,6 +44,21 @@ def test_flags_override_the_file(tmp_path: Path) -> None:
     )
     assert config.listen_host_port == ("::1", 9999)
     assert config.filters.port.allows("b1") and not config.filters.port.allows("a1")
+
+
+def test_device_kind_filter_from_flags_and_file(tmp_path: Path) -> None:
+    path = tmp_path / "c.yml"
+    path.write_text("filters: {device_kind: {exclude: 'geneve|vxlan'}}\n")
+    config = load_config(["--config.file", str(path), "--collector.device-kind-include", "tun|veth|geneve"])
+    kinds = config.filters.device_kind
+    assert [kinds.allows(k) for k in ("tun", "veth", "geneve", "vxlan", "none", "")] == [
+        True,
+        True,
+        False,
+        False,
+        False,
+        False,
+    ]
 
 
 def test_every_file_key_is_read() -> None:
@@ -79,7 +95,10 @@ def test_every_file_key_is_read() -> None:
             "filters: {port: {include: '(unclosed'}}\n",
             "filters.port.include: invalid regular expression '(unclosed'",
         ),
-        ("filters: {ports: {}}\n", "filters.ports: unknown key (known keys: datapath, port, vport_type)"),
+        (
+            "filters: {ports: {}}\n",
+            "filters.ports: unknown key (known keys: datapath, port, vport_type, device_kind)",
+        ),
         ("filters: {port: {only: x}}\n", "filters.port.only: unknown key"),
         (
             "collector: {vport_metric: []}\n",
@@ -146,6 +165,10 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
         (["--config.file", "/nonexistent/c.yml"], "cannot read config file: No such file or directory"),
         (["--log.level", "loud"], "argument --log.level: invalid choice: 'loud'"),
         (["--collector.port-exclude", "[x"], "flag --collector.port-exclude: invalid regular expression"),
+        (
+            ["--collector.device-kind-include", "(x"],
+            "flag --collector.device-kind-include: invalid regular expression",
+        ),
         (["--web.listen-address", "localhost"], "flag --web.listen-address: 'localhost' is not host:port"),
         (["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
         (["--netlink.timeout", "abc"], "argument --netlink.timeout: invalid float value"),

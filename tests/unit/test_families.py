@@ -17,6 +17,17 @@ from exporter.kernel.families.datapath import (
     MegaflowStats,
     decode_datapath,
 )
+from exporter.kernel.families.link import (
+    IFINFOMSG,
+    LINK,
+    LINKINFO,
+    RTEXT_FILTER_SKIP_STATS,
+    RTM_GETLINK,
+    RTM_NEWLINK,
+    Link,
+    decode_link,
+    encode_get_link,
+)
 from exporter.kernel.families.nlctrl import (
     CTRL_ATTR_FAMILY_ID,
     CTRL_ATTR_FAMILY_NAME,
@@ -51,6 +62,7 @@ from tests.ovs_messages import (
     datapath_message,
     done,
     genl_ovs,
+    link_message,
     nla,
     nlmsg,
     nlmsg_error,
@@ -379,6 +391,51 @@ def test_notification_command_and_datapath() -> None:
     with pytest.raises(DecodeError, match="shorter"):
         short = nlmsg(VPORT_FAMILY_ID, 0, 0, b"\1\1")
         genl_command(short, next(iter_messages(short)))
+
+
+# --- rtnetlink links (exporter.kernel.families.link) ---------------------------------------------
+
+
+def test_link_get_request_is_one_link_without_statistics() -> None:
+    buf = encode_get_link(9, 42)
+    (msg,) = iter_messages(buf)
+    # A GET of one link (no NLM_F_DUMP): the only rtnetlink request the exporter sends.
+    assert (msg.type, msg.seq, msg.flags) == (RTM_GETLINK, 9, NLM_F_REQUEST)
+    assert IFINFOMSG.unpack_from(buf, 16) == (0, 0, 42, 0, 0)
+    assert buf[32:] == nla(LINK["EXT_MASK"], struct.pack("=I", RTEXT_FILTER_SKIP_STATS))
+
+
+@pytest.mark.parametrize(
+    ("kind", "expected"),
+    [("veth", "veth"), ("tun", "tun"), ("geneve", "geneve"), ("openvswitch", "openvswitch"), (None, None)],
+)
+def test_link_reply_gives_name_and_kind(kind: str | None, expected: str | None) -> None:
+    buf = link_message(3, 17, "tap1", kind)
+    (msg,) = iter_messages(buf)
+    assert msg.type == RTM_NEWLINK
+    assert decode_link(buf, msg) == Link(17, "tap1", expected)
+
+
+def test_link_slave_kind_is_not_the_kind() -> None:
+    """A bond's member has IFLA_INFO_SLAVE_KIND "bond" and no kind of its own: a physical NIC."""
+    info = nla(LINKINFO["SLAVE_KIND"], b"bond\0")
+    attrs = nla(LINK["IFNAME"], b"eth1\0") + nla(LINK["LINKINFO"] | NLA_F_NESTED, info)
+    buf = nlmsg(RTM_NEWLINK, 0, 1, IFINFOMSG.pack(0, 1, 5, 0, 0) + attrs)
+    assert decode_link(buf, next(iter_messages(buf))) == Link(5, "eth1", None)
+
+
+@pytest.mark.parametrize(
+    ("payload", "expected"),
+    [
+        (b"\0" * 8, "shorter than its 32-byte headers"),
+        (IFINFOMSG.pack(0, 1, 5, 0, 0) + struct.pack("=HH", 40, 3) + b"eth", "link attribute at offset 32"),
+        (IFINFOMSG.pack(0, 1, 5, 0, 0) + nla(18, struct.pack("=HH", 99, 1)), "link LINKINFO attribute"),
+    ],
+)
+def test_malformed_link_replies_raise_decode_error(payload: bytes, expected: str) -> None:
+    buf = nlmsg(RTM_NEWLINK, 0, 1, payload)
+    with pytest.raises(DecodeError, match=expected):
+        decode_link(buf, next(iter_messages(buf)))
 
 
 # --- captured real-kernel dumps (tests/fixtures/kernel, python -m tests.vm capture) ------------

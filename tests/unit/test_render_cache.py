@@ -153,6 +153,24 @@ def start(rng: random.Random) -> list[om.FakeDatapath]:
     ]
 
 
+DEVICE_KINDS = ("tun", "veth", "geneve", "openvswitch", "none", 'k"ind')
+
+
+def with_kinds(
+    dumps: list[DatapathDump], rng: random.Random, kept: dict[str, dict[str, str]]
+) -> list[DatapathDump]:
+    """Device kinds as the source hands them over: the same object while a datapath's links do
+    not change, a new one (some kinds changed, some vports without one) when they do."""
+    out = []
+    for dump in dumps:
+        kinds = kept.get(dump.datapath.name)
+        if kinds is None or rng.random() < 0.2:
+            kinds = {v.name: rng.choice(DEVICE_KINDS) for v in dump.vports if rng.random() < 0.8}
+            kept[dump.datapath.name] = kinds
+        out.append(dataclasses.replace(dump, device_kinds=kinds))
+    return out
+
+
 def with_netns(dumps: list[DatapathDump], rng: random.Random) -> list[DatapathDump]:
     """Sometimes the same datapaths again, as read in a named namespace (a netns label)."""
     if rng.random() < 0.3:
@@ -166,9 +184,10 @@ def test_a_kept_renderer_writes_what_a_fresh_one_writes_scrape_after_scrape(seed
     renderer = DatapathRenderer()
     counters = VPORT_COUNTERS if seed % 2 == 0 else vport_counters(("bytes", "upcalls", "info"))
     datapaths = start(rng)
+    kinds: dict[str, dict[str, str]] = {}
     for _scrape in range(150):
         datapaths = mutate(rng, datapaths)
-        dumps = with_netns(decode(datapaths), rng)
+        dumps = with_netns(with_kinds(decode(datapaths), rng, kinds), rng)
         fmt = rng.choice(list(Format))
         kept = renderer.render(dumps, fmt, counters)
         fresh = render_datapaths(dumps, fmt, counters)
@@ -209,6 +228,20 @@ def test_changed_attributes_with_the_same_names_are_this_scrapes() -> None:
         'dst_port="6081"} 1\n' in second
     )
     assert "4789" not in second and 'port_no="1"' not in second
+
+
+def test_a_change_of_device_kind_alone_is_this_scrapes() -> None:
+    """The same ports with the same attributes: only the kinds differ, and the info lines show it."""
+    (dump,) = decode([om.FakeDatapath("dp", 3, vports=[om.FakeVport(1, "tap0", ifindex=7)])])
+    renderer = DatapathRenderer()
+    first = b"".join(renderer.render([dataclasses.replace(dump, device_kinds={"tap0": "tun"})], Format.TEXT))
+    assert (
+        b'ovs_vport_info{datapath="dp",port="tap0",port_no="1",vport_type="netdev",device_kind="tun",'
+        in first
+    )
+    for kinds, shown in (({"tap0": "veth"}, b'device_kind="veth"'), ({}, b'vport_type="netdev",ifindex="7"')):
+        again = b"".join(renderer.render([dataclasses.replace(dump, device_kinds=kinds)], Format.TEXT))
+        assert shown in again and b"tun" not in again
 
 
 def test_a_collector_serves_each_scrape_from_its_own_dump() -> None:

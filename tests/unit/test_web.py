@@ -6,6 +6,7 @@ import gzip
 import http.client
 import os
 import re
+import struct
 import subprocess
 import sys
 import threading
@@ -23,11 +24,13 @@ from exporter.exposition import Format
 from exporter.http.server import MetricsServer, accepts_gzip, negotiate_format
 from exporter.kernel.dumps import KernelSource
 from exporter.kernel.events import EventListener
+from exporter.kernel.families.link import RTM_GETLINK
+from exporter.kernel.netlink import NLM_F_REQUEST
 from exporter.kernel.netlink import OVS_CMD_DEL as DEL
 from exporter.kernel.netlink import OVS_CMD_NEW as NEW
 from exporter.kernel.netlink import OVS_CMD_SET as SET
 from tests.fake_events import Kernel, listener_for
-from tests.ovs_messages import FakeDatapath, FakeKernelSocket, FakeVport
+from tests.ovs_messages import FakeDatapath, FakeKernelSocket, FakeLinkSocket, FakeVport
 from tests.tools import ROOT, promtool
 
 PROMETHEUS_ACCEPT = (
@@ -65,9 +68,25 @@ def golden_datapaths() -> list[FakeDatapath]:
     ]  # fmt: skip
 
 
+def golden_links() -> FakeLinkSocket:
+    """The netdevs of golden_datapaths' vports: vxlan0's is in another namespace (not asked for),
+    tap-legacy's is gone (ENODEV), future0 has no kind, as a physical NIC."""
+    return FakeLinkSocket(
+        {
+            3: ("ovs-system", "openvswitch"),
+            4: ("br-int", "openvswitch"),
+            17: ("tap1a2b3c4d-5e", "tun"),
+            9: ("genev_sys_6081", "geneve"),
+            11: ("gre_sys", "gretap"),
+            12: ("future0", None),
+            20: ("dp-legacy", "openvswitch"),
+        }
+    )
+
+
 class Exporter:
-    def __init__(self, server: MetricsServer, sock: FakeKernelSocket) -> None:
-        self.server, self.sock = server, sock
+    def __init__(self, server: MetricsServer, sock: FakeKernelSocket, links: FakeLinkSocket) -> None:
+        self.server, self.sock, self.links = server, sock, links
 
     def get(self, path: str = "/metrics", method: str = "GET", **headers: str) -> http.client.HTTPResponse:
         conn = http.client.HTTPConnection("127.0.0.1", self.server.port, timeout=10)
@@ -86,13 +105,16 @@ def golden_events(kernel: Kernel) -> EventListener:
 @pytest.fixture
 def exporter() -> Iterator[Exporter]:
     sock = FakeKernelSocket(golden_datapaths())
+    links = golden_links()
     kernel = Kernel([FakeDatapath("ovs-system", 3), FakeDatapath("dp-legacy", 20)])
     events = golden_events(kernel)
-    collector = Collector(KernelSource(lambda: sock), Filters(), "0.1.0-test", snapshot_sources=[events])
+    collector = Collector(
+        KernelSource(lambda: sock, lambda: links), Filters(), "0.1.0-test", snapshot_sources=[events]
+    )
     server = MetricsServer("127.0.0.1", 0, "/metrics", collector, "0.1.0-test")
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield Exporter(server, sock)
+    yield Exporter(server, sock, links)
     server.shutdown()
     server.server_close()
     events.close()
@@ -196,6 +218,11 @@ def test_only_get_dumps_reach_the_kernel(exporter: Exporter) -> None:
     for request in exporter.sock.requests:
         assert request[4:8] == bytes([request[4], request[5], 0x01, 0x03]), "flags must be REQUEST|DUMP"
         assert request[16] == 3, "command must be GET"
+    # rtnetlink: RTM_GETLINK (18) of one link, flags REQUEST only; each of the 7 links once, and
+    # tap-legacy's, gone (ENODEV), in each of the 3 scrapes.
+    assert len(exporter.links.requests) == 7 + 3
+    for request in exporter.links.requests:
+        assert struct.unpack_from("=HH", request, 4) == (RTM_GETLINK, NLM_F_REQUEST)
 
 
 def test_concurrent_scrapes_all_succeed(exporter: Exporter) -> None:
