@@ -12,13 +12,25 @@ one onto the other, the way ovs-vswitchd does when it creates the vports:
   Interfaces of one tunnel type (and UDP port) share one vport named
   ``<prefix>`` or ``<prefix>_<dst_port>``, e.g. ``genev_sys_6081``
   (``netdev_vport_get_dpif_port()`` in ``lib/netdev-vport.c``);
-* a vport several Interfaces share gets one series carrying the labels they all
-  agree on, so that a ``group_left`` join never meets two series for one vport.
+* the series of such a shared vport carries the same labels however many
+  Interfaces share it (an OVN chassis has one per remote chassis): ``bridge``
+  (the bridges of those Interfaces, comma-separated when several) and
+  ``interface_type``, never an Interface's ``ofport`` or external_ids. So a
+  ``group_left`` join never meets two series for one vport, and the series is
+  not replaced as tunnels come and go;
+* an Interface vswitchd could not create (``ofport`` -1: its device is gone, or
+  cannot be opened or added) has no kernel vport and no ``ovs_interface_info``.
 
 Patch ports (``type="patch"``) are implemented in userspace and have no kernel
 vport: their series name the port as OVSDB does and match no vport counters.
 Kernel vports that no Interface describes (the datapath's own ``ovs-system``
 port, ports added by other tools) have no ``ovs_interface_info``.
+
+Every Interface of a kernel-datapath bridge that vswitchd could not open or
+configure (``Interface.error`` set, or ``ofport`` -1) is served on its own, as
+``ovs_interface_broken_info`` with its bridge, name, type, allowed external_ids
+and the error, and counted per bridge in ``ovs_bridge_broken_interfaces``: a VM
+or pod whose port is in OVSDB but not in the switch has no network.
 
 Every label value is made safe here (``label_value``), once per change of the
 database rather than once per scrape.
@@ -31,7 +43,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-from exporter.exposition import Format, family_header, render_info_samples
+from exporter.exposition import Format, family_header, render_info_samples, render_labels
 from exporter.ovsdb.reader import OvsdbInterface, OvsdbReader, OvsdbSnapshot
 from exporter.records import Health, SourceReport
 
@@ -44,9 +56,22 @@ SYSTEM_INFO = (
     "ovs_system",
     "The Open vSwitch instance, from OVSDB's Open_vSwitch table (value 1).",
 )
+BROKEN_INFO = (
+    "ovs_interface_broken",
+    "An Interface of a kernel-datapath bridge that ovs-vswitchd could not open or configure (OVSDB"
+    " Interface.error set, or ofport -1): bridge, interface name and type, the allowed external_ids"
+    " and the error (value 1).",
+)
+BRIDGE_BROKEN = (
+    "ovs_bridge_broken_interfaces",
+    "Interfaces of this kernel-datapath bridge that ovs-vswitchd could not open or configure"
+    " (the ovs_interface_broken_info series of the bridge).",
+)
 
 KERNEL_DATAPATH = "ovs-system"
 SYSTEM_DATAPATH_TYPES = ("", "system")
+#: Interface.ofport when vswitchd could not create the Interface (OFPP_NONE, vswitchd/bridge.c).
+OFPORT_FAILED = -1
 
 #: Label values longer than this many characters are cut, and end with "…".
 MAX_LABEL_VALUE_LENGTH = 256
@@ -80,10 +105,20 @@ DEFAULT_EXTERNAL_IDS: tuple[str, ...] = (
     "pod_namespace",  # kube-ovn
 )
 
-#: Labels ovs_interface_info always may carry; no external_ids key may take their names.
-FIXED_LABELS = ("datapath", "port", "bridge", "ofport", "interface_type")
+#: Labels ovs_interface_info and ovs_interface_broken_info always may carry; no external_ids key
+#: may take their names.
+FIXED_LABELS = ("datapath", "port", "bridge", "ofport", "interface_type", "interface", "error")
 #: Label names that other series of the exporter carry and a join could confuse.
-RESERVED_LABELS = (*FIXED_LABELS, "netns", "vport_type", "port_no", "ifindex", "netnsid", "dst_port")
+RESERVED_LABELS = (
+    *FIXED_LABELS,
+    "netns",
+    "vport_type",
+    "device_kind",
+    "port_no",
+    "ifindex",
+    "netnsid",
+    "dst_port",
+)
 
 _LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 # C0 and C1 controls, DEL and lone surrogates (a JSON "\ud800" escape decodes to one; it
@@ -138,13 +173,33 @@ def kernel_vport_name(name: str, type_: str, dst_port: str | None) -> str:
     return f"{prefix}_{port}"
 
 
+def is_shared(type_: str) -> bool:
+    """Whether Interfaces of this type share one kernel vport (the tunnels), whatever their names."""
+    return type_ in TUNNEL_VPORTS
+
+
+def is_broken(iface: OvsdbInterface) -> bool:
+    """Whether vswitchd could not open or configure the Interface: an error, or no OpenFlow port."""
+    return bool(iface.error) or iface.ofport == OFPORT_FAILED
+
+
 @dataclass(frozen=True, slots=True)
 class InterfaceIdentity:
     """One ``ovs_interface_info`` series: a kernel vport and what OVSDB says about it."""
 
     datapath: str
     port: str
-    labels: tuple[tuple[str, str], ...]  # bridge, ofport, interface_type, then external_ids labels
+    # bridge, ofport, interface_type, then external_ids labels; a shared vport: bridge, interface_type
+    labels: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class BrokenInterface:
+    """One ``ovs_interface_broken_info`` series: an Interface vswitchd could not open or configure."""
+
+    bridge: str  # as OVSDB has it, before label_value
+    interface: str  # the same
+    labels: tuple[tuple[str, str], ...]  # bridge, interface, interface_type, external_ids labels, error
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +216,8 @@ class IdentityView:
     interfaces: str  # ovs_interface_info samples, without the family header
     system: str  # ovs_system_info sample, or ""
     interface_count: int
+    broken: str = ""  # ovs_interface_broken_info samples
+    bridges: str = ""  # ovs_bridge_broken_interfaces samples, one per kernel-datapath bridge
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,13 +248,22 @@ class IdentityBuilder:
         self._memo: dict[int, _Joined] = {}
 
     def identities(self, snapshot: OvsdbSnapshot) -> list[tuple[InterfaceIdentity, str]]:
-        """Every kernel-datapath vport OVSDB describes, one identity (and line) per vport, in port order."""
+        """Every kernel-datapath vport OVSDB describes, one identity (and line) per vport, in port order.
+
+        An Interface vswitchd could not create (ofport -1) has no vport and is left out. A
+        vport that tunnel Interfaces share gets the labels of a shared vport, the bridges of all
+        of them. Any other vport several Interfaces name (two bridges with an Interface of the
+        same name: vswitchd refuses all but one, with ofport -1) is the first one's, in bridge
+        name order.
+        """
         memo: dict[int, _Joined] = {}
         by_port: dict[str, list[_Joined]] = {}
         for bridge in snapshot.bridges:
             if bridge.datapath_type not in SYSTEM_DATAPATH_TYPES:
                 continue
             for iface in bridge.interfaces:
+                if iface.ofport == OFPORT_FAILED:
+                    continue
                 joined = self._memo.get(id(iface))
                 if joined is None or joined.iface is not iface or joined.bridge != bridge.name:
                     joined = self._join(bridge.name, iface)
@@ -206,34 +272,86 @@ class IdentityBuilder:
         self._memo = memo
         result = []
         for port in sorted(by_port):
-            group = by_port[port]
-            if len(group) == 1:
-                result.append((group[0].identity, group[0].line))
+            first, *others = by_port[port]
+            bridges = sorted({j.bridge for j in others if j.bridge != first.bridge})
+            if not bridges or not is_shared(first.iface.type):
+                result.append((first.identity, first.line))
             else:
-                identity = _identity(port, _agreed(j.labels for j in group))
+                # Tunnels of several bridges on one vport: the vport belongs to all of them.
+                shared = (
+                    ("bridge", ",".join(sorted({first.bridge, *bridges}))),
+                    ("interface_type", first.iface.type),
+                )
+                identity = _identity(port, shared)
                 result.append((identity, _line(identity)))
         return result
+
+    def broken(self, snapshot: OvsdbSnapshot) -> list[BrokenInterface]:
+        """Every Interface of a kernel-datapath bridge vswitchd could not open or configure, in
+        bridge and interface name order."""
+        found = []
+        for bridge in snapshot.bridges:
+            if bridge.datapath_type not in SYSTEM_DATAPATH_TYPES:
+                continue
+            for iface in bridge.interfaces:
+                if is_broken(iface):
+                    labels = {
+                        "bridge": bridge.name,
+                        "interface": iface.name,
+                        "interface_type": iface.type or "system",
+                    }
+                    self._add_external_ids(labels, iface)
+                    if iface.error:
+                        labels["error"] = iface.error
+                    found.append(
+                        BrokenInterface(
+                            bridge.name, iface.name, tuple((k, label_value(v)) for k, v in labels.items())
+                        )
+                    )
+        return found
 
     def build(self, snapshot: OvsdbSnapshot) -> IdentityView:
         """The view a scrape serves of one snapshot."""
         lines = [line for i, line in self.identities(snapshot) if self._allows(i.datapath, i.port)]
         system = system_identity(snapshot)
+        # The datapath and port filters apply to the broken Interfaces too: on the datapath their
+        # bridges are on, and on the name their vport would have.
+        broken = [b for b in self.broken(snapshot) if self._allows(KERNEL_DATAPATH, b.interface)]
+        counts = dict.fromkeys(
+            (b.name for b in snapshot.bridges if b.datapath_type in SYSTEM_DATAPATH_TYPES), 0
+        )
+        for b in broken:
+            counts[b.bridge] += 1
         return IdentityView(
             "".join(lines),
             render_info_samples(SYSTEM_INFO[0], [system.labels]) if system is not None else "",
             len(lines),
+            render_info_samples(BROKEN_INFO[0], [b.labels for b in broken]),
+            "".join(
+                f"{BRIDGE_BROKEN[0]}{render_labels([('bridge', label_value(name))])} {n}\n"
+                for name, n in counts.items()
+            ),
         )
 
-    def _join(self, bridge: str, iface: OvsdbInterface) -> _Joined:
-        labels: dict[str, str] = {"bridge": bridge}
-        if iface.ofport is not None:
-            labels["ofport"] = str(iface.ofport)
-        labels["interface_type"] = iface.type or "system"
+    def _add_external_ids(self, labels: dict[str, str], iface: OvsdbInterface) -> None:
+        """The allowed external_ids of ``iface`` as labels, added to ``labels``."""
         for key, name in self._wanted:
             value = iface.external_ids.get(key)
             # Keys with the same label are alternatives: the first one present wins.
             if value is not None and name not in labels:
                 labels[name] = value
+
+    def _join(self, bridge: str, iface: OvsdbInterface) -> _Joined:
+        labels: dict[str, str] = {"bridge": bridge}
+        if is_shared(iface.type):
+            # A vport other Interfaces share: only what is the same for all of them, so that its
+            # labels never depend on how many share it.
+            labels["interface_type"] = iface.type
+        else:
+            if iface.ofport is not None:
+                labels["ofport"] = str(iface.ofport)
+            labels["interface_type"] = iface.type or "system"
+            self._add_external_ids(labels, iface)
         port = kernel_vport_name(iface.name, iface.type, iface.dst_port)
         raw = tuple(labels.items())
         identity = _identity(port, raw)
@@ -257,13 +375,9 @@ def interface_identities(snapshot: OvsdbSnapshot, external_ids: Sequence[str]) -
     return [identity for identity, _ in IdentityBuilder(external_ids).identities(snapshot)]
 
 
-def _agreed(label_sets: Iterable[tuple[tuple[str, str], ...]]) -> tuple[tuple[str, str], ...]:
-    """The labels every one of several Interfaces sharing one vport has with the same value."""
-    sets = list(label_sets)
-    common = set(sets[0])
-    for labels in sets[1:]:
-        common &= set(labels)
-    return tuple(pair for pair in sets[0] if pair in common)
+def broken_interfaces(snapshot: OvsdbSnapshot, external_ids: Sequence[str]) -> list[BrokenInterface]:
+    """Every Interface of a kernel-datapath bridge vswitchd could not open or configure."""
+    return IdentityBuilder(external_ids).broken(snapshot)
 
 
 def system_identity(snapshot: OvsdbSnapshot) -> SystemIdentity | None:
@@ -314,6 +428,12 @@ class IdentitySource:
         if view.interfaces:
             chunks.append(family_header(INTERFACE_INFO[0], "info", INTERFACE_INFO[1], fmt))
             chunks.append(view.interfaces)
+        if view.broken:
+            chunks.append(family_header(BROKEN_INFO[0], "info", BROKEN_INFO[1], fmt))
+            chunks.append(view.broken)
+        if view.bridges:
+            chunks.append(family_header(BRIDGE_BROKEN[0], "gauge", BRIDGE_BROKEN[1], fmt))
+            chunks.append(view.bridges)
         if view.system:
             chunks.append(family_header(SYSTEM_INFO[0], "info", SYSTEM_INFO[1], fmt))
             chunks.append(view.system)

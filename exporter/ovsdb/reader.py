@@ -52,8 +52,9 @@ MONITORED: dict[str, tuple[str, ...]] = {
     "Open_vSwitch": ("external_ids", "ovs_version", "db_version"),
     "Bridge": ("name", "datapath_type", "ports"),
     "Port": ("name", "interfaces"),
-    # options is read only for options:dst_port, which names a UDP tunnel's kernel vport.
-    "Interface": ("name", "type", "ofport", "external_ids", "options"),
+    # options is read only for options:dst_port, which names a UDP tunnel's kernel vport; error
+    # is why ovs-vswitchd could not open or configure the Interface (ofport is then -1).
+    "Interface": ("name", "type", "ofport", "external_ids", "options", "error"),
 }
 
 #: Without these there is nothing to report; every other column degrades to an absent label.
@@ -72,9 +73,10 @@ class OvsdbInterface:
 
     name: str
     type: str  # "" is OVS's "system": an ordinary network device
-    ofport: int | None  # None: not assigned (yet), or the column is not monitored
+    ofport: int | None  # None: not assigned (yet), or the column is not monitored; -1: vswitchd failed
     external_ids: Mapping[str, str]
     dst_port: str | None  # options:dst_port, as written
+    error: str | None = None  # Interface.error: why vswitchd could not open or configure it
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,6 +253,7 @@ class SnapshotBuilder:
             ofport=ofport if isinstance(ofport, int) and not isinstance(ofport, bool) else None,
             external_ids=_str_map(row.external_ids) if "external_ids" in columns else {},
             dst_port=options.get("dst_port"),
+            error=_text(row.error) if "error" in columns else None,
         )
 
     def _port(self, row: Any) -> tuple[str, tuple[Any, ...]]:

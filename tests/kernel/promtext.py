@@ -107,6 +107,11 @@ def identities(scrape: Scrape) -> set[Labels]:
     return {lbls for name, lbls, _ in scrape.samples if name == "ovs_interface_info"}
 
 
+def broken_interfaces(scrape: Scrape) -> set[Labels]:
+    """The label sets of ``ovs_interface_broken_info``: Interfaces vswitchd could not open."""
+    return {lbls for name, lbls, _ in scrape.samples if name == "ovs_interface_broken_info"}
+
+
 def fetch_text(url: str, accept: str | None = None, timeout: float = 60) -> str:
     """The body as served, in the format ``accept`` asks for (none: the text format)."""
     request = urllib.request.Request(url, headers={"Accept": accept} if accept else {})

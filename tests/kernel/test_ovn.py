@@ -43,7 +43,7 @@ from .ovn import (
 from .ovsnl import OvsNetlink
 from .procs import Exporter, scrape_until
 from .promtext import Scrape, diff, expected_series, identities
-from .vswitchd import DATAPATH, GENEVE_VPORT, expected_identity, ovsdb_tables, ping
+from .vswitchd import DATAPATH, GENEVE_VPORT, expected_identity, ovsdb_tables, ping, vsctl
 
 #: The Interface external_ids the exporter is told to turn into labels (os-vif writes these).
 EXTERNAL_IDS = ("iface-id", "attached-mac", "iface-status", "vm-uuid")
@@ -284,3 +284,47 @@ def test_router_arps_for_an_unresolved_next_hop(host_nl: OvsNetlink, host_export
     assert n <= rx(before, after, VM1.port) <= n + 1  # and perhaps an ARP probe for lr0
     # lr0 sends ARP requests for it out of the localnet port, through br-phys's uplink.
     assert tx(before, after, PROVIDER.port) >= 1
+
+
+#: A third chassis, registered in SB only while the test below runs.
+EXTRA_CHASSIS = "chassis-3"
+EXTRA_ENCAP_IP = "198.18.99.3"
+
+
+def test_a_chassis_added_and_removed_leaves_the_tunnel_vports_series_as_it_was(
+    ovs_host: OvnHost, host_exporter: Exporter
+) -> None:
+    """ovn-controller makes one tunnel Interface per remote chassis, all on genev_sys_6081: as a
+    chassis joins and leaves, the vport's one ovs_interface_info keeps its labels (no ofport, no
+    Interface's own), so a join on it never breaks and its series is never replaced."""
+    one = {"datapath": DATAPATH, "port": GENEVE_VPORT, "bridge": "br-int", "interface_type": "geneve"}
+
+    def tunnels() -> list[str]:
+        return sorted(
+            str(i["name"])
+            for i in interfaces(type="geneve")
+            if isinstance(i["ofport"], int) and i["ofport"] > 0
+        )
+
+    def served(marker: str) -> list[dict[str, str]]:
+        # PROVIDER's Interface carries a marker (attached-mac, on this module's allow-list; nothing in
+        # OVN reads it there): once the exporter shows it, its copy holds every earlier change.
+        vsctl("set", "Interface", PROVIDER.port, f'external_ids:"attached-mac"="{marker}"')
+        scrape = scrape_until(
+            host_exporter,
+            lambda s: any(dict(lbls).get("attached_mac") == marker for lbls in identities(s)),
+            f"with marker {marker}",
+        )
+        return [dict(lbls) for lbls in identities(scrape) if dict(lbls)["port"] == GENEVE_VPORT]
+
+    assert tunnels() == [ovs_host.tunnel]
+    assert served("one-chassis") == [one]
+    sbctl("chassis-add", EXTRA_CHASSIS, "geneve", EXTRA_ENCAP_IP)
+    try:
+        _wait_for(lambda: len(tunnels()) == 2, timeout=60)
+        assert served("two-chassis") == [one]
+    finally:
+        sbctl("chassis-del", EXTRA_CHASSIS)
+    _wait_for(lambda: tunnels() == [ovs_host.tunnel], timeout=60)
+    assert served("one-chassis-again") == [one]
+    vsctl("remove", "Interface", PROVIDER.port, "external_ids", "attached-mac")

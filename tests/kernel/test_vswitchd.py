@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -28,14 +29,15 @@ from tests import promql_inventory
 from .conftest import HAS_UPCALL_STATS, NOBODY, consistent
 from .ovsnl import OvsNetlink
 from .procs import Exporter, Prometheus, scrape_until
-from .promtext import Scrape, diff, expected_series, identities
-from .topology import DpctlDatapath, dpctl_diff
+from .promtext import Scrape, broken_interfaces, diff, expected_series, identities
+from .topology import DpctlDatapath, dpctl_diff, ip_batch, ip_link_kinds
 from .vswitchd import (
     DATAPATH,
     DB_GROUP,
     DB_SOCK,
     GENEVE_VPORT,
     GUESTS,
+    HOST_NS,
     MGMT_NS_IP,
     PATCH_PORTS,
     RUNDIR,
@@ -45,6 +47,7 @@ from .vswitchd import (
     appctl,
     background_misses,
     background_ping,
+    expected_broken,
     expected_identity,
     expected_system,
     ovsdb_tables,
@@ -309,6 +312,189 @@ def test_ovsdb_server_killed_and_restarted(
     assert not diff(expected_series(snap), after.only())
     assert ovsdb_health(after) == 1 and identities(after) == want
     assert "ovsdb" in host_exporter.log.read_text()
+
+
+# --- what each port is, a shared tunnel vport, a port vswitchd cannot open ------------------------
+
+#: More ports, one of each kind the guests are not: a VM's tap (tun), a dummy device standing for a
+#: physical NIC (the guest has none), and a VXLAN tunnel, whose device vswitchd creates.
+TAP = "tapk1a2b3c4-d5"
+DUMMY = "dummy-nic0"
+VXLAN = "vx0"
+VXLAN_VPORT = "vxlan_sys_4789"
+
+
+def test_device_kind_of_every_port_is_what_ip_link_says(
+    ovs_host: OvsHost, host_nl: OvsNetlink, host_exporter: Exporter
+) -> None:
+    """vswitchd attaches every port as a netdev vport, tunnels included: the kind of device
+    behind each (rtnetlink's IFLA_INFO_KIND) is what tells them apart, as ``ip -d link`` does."""
+    ip_batch(
+        [
+            f"tuntap add {TAP} mode tap",
+            f"link set {TAP} up",
+            f"link add {DUMMY} type dummy",
+            f"link set {DUMMY} up",
+        ],
+        netns=HOST_NS,
+    )
+    vsctl(
+        "--", "add-port", "br-int", TAP, "--", "set", "Interface", TAP, 'external_ids:"iface-id"="k1a2b3c4"',
+        "--", "add-port", "br-ex", DUMMY,
+        "--", "add-port", "br-int", VXLAN,
+        "--", "set", "Interface", VXLAN, "type=vxlan", "options:remote_ip=198.18.99.3", "options:key=flow",
+    )  # fmt: skip
+    try:
+        added = {TAP, DUMMY, VXLAN_VPORT}
+        scrape = scrape_until(
+            host_exporter,
+            lambda s: added <= s.label_values("ovs_vport_info", "port"),
+            "with the tap, the dummy and the VXLAN vport",
+        )
+        info = {
+            dict(lbls)["port"]: dict(lbls) for name, lbls, _ in scrape.samples if name == "ovs_vport_info"
+        }
+        assert set(info) == set(host_nl.snapshot().vports[DATAPATH])
+        shown = ip_link_kinds(HOST_NS)
+        for port, labels in info.items():
+            assert labels["device_kind"] == (shown[port] or "none"), (port, labels, shown.get(port))
+        assert {
+            port: info[port]["device_kind"]
+            for port in (NOVA.port, TAP, GENEVE_VPORT, VXLAN_VPORT, "br-int", DATAPATH, DUMMY)
+        } == {
+            NOVA.port: "veth",
+            TAP: "tun",
+            GENEVE_VPORT: "geneve",
+            VXLAN_VPORT: "vxlan",
+            "br-int": "openvswitch",
+            DATAPATH: "openvswitch",
+            DUMMY: "dummy",
+        }
+        assert {
+            labels["vport_type"] for port, labels in info.items() if port not in ("br-int", "br-ex", DATAPATH)
+        } == {"netdev"}
+    finally:
+        vsctl(
+            "--",
+            "del-port",
+            "br-int",
+            TAP,
+            "--",
+            "del-port",
+            "br-ex",
+            DUMMY,
+            "--",
+            "del-port",
+            "br-int",
+            VXLAN,
+        )
+        ip_batch([f"link del {TAP}", f"link del {DUMMY}"], netns=HOST_NS)
+
+
+def marked(exporter: Exporter, marker: str) -> Scrape:
+    """Mark EXT's Interface (``iface-status``, on the allow-list) and scrape until the exporter shows
+    it: OVSDB's updates arrive in order, so its copy then holds every change made before."""
+    vsctl("set", "Interface", EXT.port, f'external_ids:"iface-status"="{marker}"')
+    return scrape_until(
+        exporter,
+        lambda s: any(dict(lbls).get("iface_status") == marker for lbls in identities(s)),
+        f"with marker {marker}",
+    )
+
+
+def tunnel_identity(scrape: Scrape) -> list[dict[str, str]]:
+    return [dict(lbls) for lbls in identities(scrape) if dict(lbls)["port"] == GENEVE_VPORT]
+
+
+def test_a_second_tunnel_leaves_the_tunnel_vports_series_as_it_was(
+    ovs_host: OvsHost, host_exporter: Exporter
+) -> None:
+    """Tunnels to two remote hosts share genev_sys_6081: its one series keeps its labels, so a
+    join on it is never broken and its history never split as tunnels come and go."""
+    one = {"datapath": DATAPATH, "port": GENEVE_VPORT, "bridge": "br-int", "interface_type": "geneve"}
+    assert tunnel_identity(marked(host_exporter, "one-tunnel")) == [one]
+    vsctl("--", "add-port", "br-int", "gnv1", "--", "set", "Interface", "gnv1", "type=geneve",
+          "options:remote_ip=198.18.99.3", "options:key=flow")  # fmt: skip
+    try:
+        geneve = [row for row in ovsdb_tables()["Interface"] if row["type"] == "geneve"]
+        assert len(geneve) == 2 and all(
+            isinstance(row["ofport"], int) and row["ofport"] > 0 for row in geneve
+        )
+        assert tunnel_identity(marked(host_exporter, "two-tunnels")) == [one]
+    finally:
+        vsctl("del-port", "br-int", "gnv1")
+    assert tunnel_identity(marked(host_exporter, "one-tunnel-again")) == [one]
+    vsctl("remove", "Interface", EXT.port, "external_ids", "iface-status")
+
+
+#: A VM that crashes: its tap is deleted, its OVSDB row is not (os-vif and libvirt unplug only on a
+#: clean shutdown).
+CRASHED = Guest(
+    "vm-crashed", "tapc4a5b6d7-e8", "br-int", f"{SUBNET}.31", "fa:16:3e:31:32:33",
+    {"iface-id": "c4a5b6d7-e8f9-4a0b-9c1d-2e3f4a5b6c7d", "iface-status": "active",
+     "attached-mac": "fa:16:3e:31:32:33", "vm-uuid": "3a4b5c6d-7e8f-4901-a2b3-c4d5e6f70819"},
+)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def crashed_vm(ovs_host: OvsHost, host_exporter: Exporter) -> str:
+    """CRASHED plugged in and seen by the exporter, then its device deleted under its row; returns
+    once vswitchd has said so in OVSDB (ofport -1 and the error, which it returns)."""
+    ovs_host.add_guest(CRASHED)
+    port = {"datapath": DATAPATH, "port": CRASHED.port}
+    scrape_until(
+        host_exporter,
+        lambda s: (
+            s.value("ovs_vport_receive_packets_total", **port) is not None
+            and CRASHED.port in {dict(lbls)["port"] for lbls in identities(s)}
+        ),
+        "with the new VM's port",
+    )
+    ip_batch([f"link del {CRASHED.port}"], netns=HOST_NS)
+    error = f"could not open network device {CRASHED.port} (No such device)"
+
+    def row() -> dict[str, Any]:
+        (found,) = [r for r in ovsdb_tables()["Interface"] if r["name"] == CRASHED.port]
+        return found
+
+    deadline = time.monotonic() + 60
+    while (got := row())["ofport"] != -1 or got["error"] != error:
+        assert time.monotonic() < deadline, f"vswitchd did not mark {CRASHED.port} broken: {got}"
+        time.sleep(0.5)
+    return error
+
+
+def test_a_vm_port_whose_device_is_gone_is_reported_broken_with_its_identity(
+    host_nl: OvsNetlink, host_exporter: Exporter, crashed_vm: str
+) -> None:
+    """The device deleted under its row: vswitchd sets ofport -1 and the error; the exporter
+    serves no identity for the port (it has no kernel vport) but ovs_interface_broken_info with
+    the VM's identity and vswitchd's error, and counts it on its bridge. The row stays broken
+    for the Prometheus test below, as a crashed VM's would."""
+    error = crashed_vm
+    port = {"datapath": DATAPATH, "port": CRASHED.port}
+    tables = ovsdb_tables()
+    want = expected_broken(tables, DEFAULT_EXTERNAL_IDS)
+    assert want == {
+        frozenset({
+            "bridge": "br-int", "interface": CRASHED.port, "interface_type": "system",
+            "iface_id": CRASHED.iface_id, "iface_status": "active", "attached_mac": CRASHED.mac,
+            "vm_uuid": CRASHED.external_ids["vm-uuid"], "error": error,
+        }.items())
+    }  # fmt: skip
+    identity = expected_identity(tables, DEFAULT_EXTERNAL_IDS)
+    scrape = scrape_until(
+        host_exporter,
+        lambda s: broken_interfaces(s) == want and identities(s) == identity,
+        "with the broken port and without its identity",
+    )
+    assert CRASHED.port not in {dict(lbls)["port"] for lbls in identities(scrape)}
+    assert scrape.value("ovs_bridge_broken_interfaces", bridge="br-int") == 1
+    assert scrape.value("ovs_bridge_broken_interfaces", bridge="br-ex") == 0
+    # No kernel vport, so no counters and no ovs_vport_info: nothing made up.
+    assert CRASHED.port not in host_nl.snapshot().vports[DATAPATH]
+    assert CRASHED.port not in scrape.label_values("ovs_vport_info", "port")
+    assert scrape.value("ovs_vport_receive_packets_total", **port) is None
 
 
 # --- a real Prometheus over the vswitchd host -------------------------------------------------

@@ -207,32 +207,72 @@ def _uuid(value: Any) -> str:
 TUNNEL_VPORT_PREFIX = {"geneve": ("genev_sys", 6081), "vxlan": ("vxlan_sys", 4789)}
 
 
-def expected_identity(tables: dict[str, list[dict[str, Any]]], keys: tuple[str, ...]) -> set[Labels]:
-    """Every ovs_interface_info label set the exporter should serve for these OVSDB rows."""
+def _kernel_interfaces(tables: dict[str, list[dict[str, Any]]]) -> list[tuple[str, dict[str, Any]]]:
+    """(bridge name, Interface row) of every Interface of a bridge on the kernel datapath."""
     interfaces = {_uuid(row["_uuid"]): row for row in tables["Interface"]}
     ports = {_uuid(row["_uuid"]): row for row in tables["Port"]}
+    return [
+        (bridge["name"], interfaces[_uuid(iface_ref)])
+        for bridge in tables["Bridge"]
+        if bridge.get("datapath_type") in ("", "system")
+        for port_ref in _atoms(bridge["ports"])
+        for iface_ref in _atoms(ports[_uuid(port_ref)]["interfaces"])
+    ]
+
+
+def _external_id_labels(iface: dict[str, Any], keys: tuple[str, ...], labels: dict[str, str]) -> None:
+    ids = _map(iface["external_ids"])
+    for key in keys:
+        label = key.replace("-", "_")
+        if key in ids and label not in labels:
+            labels[label] = ids[key]
+
+
+def expected_identity(tables: dict[str, list[dict[str, Any]]], keys: tuple[str, ...]) -> set[Labels]:
+    """Every ovs_interface_info label set the exporter should serve for these OVSDB rows.
+
+    An Interface vswitchd could not create (ofport -1) has none. The tunnels' shared vport has
+    one, with the bridges and the type only, however many Interfaces share it."""
     out: set[Labels] = set()
-    for bridge in tables["Bridge"]:
-        if bridge.get("datapath_type") not in ("", "system"):
+    tunnels: dict[str, tuple[set[str], str]] = {}  # vport -> bridges, type
+    for bridge, iface in _kernel_interfaces(tables):
+        if iface["ofport"] == -1:
             continue
-        for port_ref in _atoms(bridge["ports"]):
-            for iface_ref in _atoms(ports[_uuid(port_ref)]["interfaces"]):
-                iface = interfaces[_uuid(iface_ref)]
-                kind = iface["type"]
-                name = iface["name"]
-                if kind in TUNNEL_VPORT_PREFIX:
-                    prefix, default = TUNNEL_VPORT_PREFIX[kind]
-                    name = f"{prefix}_{_map(iface['options']).get('dst_port', default)}"
-                labels = {"datapath": DATAPATH, "port": name, "bridge": bridge["name"]}
-                if isinstance(iface["ofport"], int):
-                    labels["ofport"] = str(iface["ofport"])
-                labels["interface_type"] = kind or "system"
-                ids = _map(iface["external_ids"])
-                for key in keys:
-                    label = key.replace("-", "_")
-                    if key in ids and label not in labels:
-                        labels[label] = ids[key]
-                out.add(frozenset(labels.items()))
+        kind = iface["type"]
+        if kind in TUNNEL_VPORT_PREFIX:
+            prefix, default = TUNNEL_VPORT_PREFIX[kind]
+            vport = f"{prefix}_{_map(iface['options']).get('dst_port', default)}"
+            tunnels.setdefault(vport, (set(), kind))[0].add(bridge)
+            continue
+        labels = {"datapath": DATAPATH, "port": iface["name"], "bridge": bridge}
+        if isinstance(iface["ofport"], int):
+            labels["ofport"] = str(iface["ofport"])
+        labels["interface_type"] = kind or "system"
+        _external_id_labels(iface, keys, labels)
+        out.add(frozenset(labels.items()))
+    for vport, (bridges, kind) in tunnels.items():
+        labels = {
+            "datapath": DATAPATH,
+            "port": vport,
+            "bridge": ",".join(sorted(bridges)),
+            "interface_type": kind,
+        }
+        out.add(frozenset(labels.items()))
+    return out
+
+
+def expected_broken(tables: dict[str, list[dict[str, Any]]], keys: tuple[str, ...]) -> set[Labels]:
+    """Every ovs_interface_broken_info label set: Interfaces with an error or ofport -1."""
+    out: set[Labels] = set()
+    for bridge, iface in _kernel_interfaces(tables):
+        error = next(iter(_atoms(iface["error"])), None)  # an optional column: [] or [text]
+        if not error and iface["ofport"] != -1:
+            continue
+        labels = {"bridge": bridge, "interface": iface["name"], "interface_type": iface["type"] or "system"}
+        _external_id_labels(iface, keys, labels)
+        if error:
+            labels["error"] = error
+        out.add(frozenset(labels.items()))
     return out
 
 

@@ -6,6 +6,8 @@ import pytest
 
 from exporter.ovsdb.identity import (
     MAX_LABEL_VALUE_LENGTH,
+    IdentityBuilder,
+    broken_interfaces,
     check_external_ids,
     interface_identities,
     kernel_vport_name,
@@ -47,20 +49,101 @@ def iface(name: str, type_: str = "", ofport: int | None = None, **ids: str) -> 
     return OvsdbInterface(name, type_, ofport, {k.replace("_", "-"): v for k, v in ids.items()}, None)
 
 
-def test_shared_tunnel_vport_keeps_what_all_agree_on() -> None:
-    snap = OvsdbSnapshot(
-        (
+def tunnels(count: int, bridges: tuple[str, ...] = ("br-int",)) -> OvsdbSnapshot:
+    """``count`` geneve Interfaces per bridge, as ovn-controller makes one per remote chassis."""
+    return OvsdbSnapshot(
+        tuple(
             OvsdbBridge(
-                "br-int", "", (iface("t1", "geneve", 5, iface_id="x"), iface("t2", "geneve", 6, iface_id="x"))
-            ),
-            OvsdbBridge("br-tun", "system", (iface("t3", "geneve", 7, iface_id="x"),)),
+                bridge, "",
+                (iface("br-x", "internal", 65534),
+                 *(iface(f"ovn-{bridge}-{i}-0", "geneve", 10 + i, iface_id=f"x{i}") for i in range(count))),
+            )
+            for bridge in bridges
         ),
         None,
-    )
-    (only,) = interface_identities(snap, ["iface-id"])
-    assert (only.datapath, only.port, only.labels) == (
-        "ovs-system", "genev_sys_6081", (("interface_type", "geneve"), ("iface_id", "x")),
     )  # fmt: skip
+
+
+def tunnel_series(snap: OvsdbSnapshot) -> tuple[str, str, tuple[tuple[str, str], ...]]:
+    (only,) = [i for i in interface_identities(snap, ["iface-id"]) if i.port == "genev_sys_6081"]
+    return only.datapath, only.port, only.labels
+
+
+def test_a_shared_tunnel_vport_has_the_same_labels_however_many_interfaces_share_it() -> None:
+    """One chassis, two, five, back to one: the series of genev_sys_6081 is never replaced. It
+    carries no ofport and no external_ids of any one Interface."""
+    want = ("ovs-system", "genev_sys_6081", (("bridge", "br-int"), ("interface_type", "geneve")))
+    for count in (1, 2, 5, 1):
+        assert tunnel_series(tunnels(count)) == want, count
+    assert interface_identities(tunnels(0), []) == interface_identities(tunnels(0), ["iface-id"])
+    assert all(i.port != "genev_sys_6081" for i in interface_identities(tunnels(0), []))
+
+
+def test_a_tunnel_vport_of_several_bridges_names_them_all() -> None:
+    assert tunnel_series(tunnels(2, ("br-tun", "br-int"))) == (
+        "ovs-system", "genev_sys_6081", (("bridge", "br-int,br-tun"), ("interface_type", "geneve")),
+    )  # fmt: skip
+
+
+def test_two_interfaces_of_one_name_give_one_series_the_first_bridges() -> None:
+    """vswitchd refuses one of them (ofport -1, 'could not add network device ... (File exists)');
+    before it has, the first bridge's in name order."""
+    snap = OvsdbSnapshot(
+        (OvsdbBridge("br-a", "", (iface("tap0", "", 3, iface_id="a"),)),
+         OvsdbBridge("br-b", "", (iface("tap0", "", None, iface_id="b"),))),
+        None,
+    )  # fmt: skip
+    (only,) = interface_identities(snap, ["iface-id"])
+    assert dict(only.labels) == {"bridge": "br-a", "ofport": "3", "interface_type": "system", "iface_id": "a"}
+
+
+def test_an_interface_vswitchd_could_not_create_has_no_identity_and_is_broken() -> None:
+    gone = "could not open network device tap1 (No such device)"
+    snap = OvsdbSnapshot(
+        (OvsdbBridge("br-int", "", (
+            iface("tap0", "", 3, iface_id="a"),
+            OvsdbInterface("tap1", "", -1, {"iface-id": "b", "vm-uuid": "v", "other": "o"}, None, gone),
+            # An old schema without the error column: ofport -1 alone.
+            iface("tap2", "", -1),
+            # In ofproto, but with an error: the patch port without a peer.
+            OvsdbInterface("patch-x", "patch", 4, {}, None, "No usable peer 'y' exists in 'system' datapath."),
+            # Not yet handled by vswitchd: no ofport, no error.
+            iface("tap3", "", None),
+        )),
+         OvsdbBridge("br-dpdk", "netdev", (iface("dpdk0", "dpdk", -1),))),
+        None,
+    )  # fmt: skip
+    assert [i.port for i in interface_identities(snap, [])] == ["patch-x", "tap0", "tap3"]
+    assert [b.labels for b in broken_interfaces(snap, ["iface-id", "vm-uuid"])] == [
+        (("bridge", "br-int"), ("interface", "tap1"), ("interface_type", "system"), ("iface_id", "b"),
+         ("vm_uuid", "v"), ("error", gone)),
+        (("bridge", "br-int"), ("interface", "tap2"), ("interface_type", "system")),
+        (("bridge", "br-int"), ("interface", "patch-x"), ("interface_type", "patch"),
+         ("error", "No usable peer 'y' exists in 'system' datapath.")),
+    ]  # fmt: skip
+
+
+def test_broken_series_and_counts_per_bridge_follow_the_filters() -> None:
+    long_error = "could not add network device " + "x" * 500
+    snap = OvsdbSnapshot(
+        (OvsdbBridge("br-ex", "system", (iface("eth1", "", 1),)),
+         OvsdbBridge("br-int", "", (
+             OvsdbInterface("tap1", "", -1, {"iface-id": "b"}, None, long_error),
+             OvsdbInterface("qvo1", "", -1, {}, None, "e\n"),
+         ))),
+        None,
+    )  # fmt: skip
+    view = IdentityBuilder(["iface-id"], lambda datapath, port: not port.startswith("qvo")).build(snap)
+    assert (
+        view.bridges
+        == 'ovs_bridge_broken_interfaces{bridge="br-ex"} 0\novs_bridge_broken_interfaces{bridge="br-int"} 1\n'
+    )
+    (line,) = view.broken.splitlines()
+    error = line.split('error="', 1)[1].rsplit('"', 1)[0]
+    assert len(error) == MAX_LABEL_VALUE_LENGTH and error.endswith("\u2026")
+    assert line.startswith(
+        'ovs_interface_broken_info{bridge="br-int",interface="tap1",interface_type="system",iface_id="b",'
+    )
 
 
 def test_alternative_keys_first_present_wins_and_others_never_become_labels() -> None:
@@ -105,7 +188,10 @@ def test_label_names_and_checks() -> None:
     assert label_name("iface-id") == "iface_id" and label_name("pod_name") == "pod_name"
     assert check_external_ids(["iface-id", "attached-mac", "attached_mac"]) is None
     assert check_external_ids(["vm-id", "vm-id"]) == "'vm-id' is listed twice"
-    for reserved in ("datapath", "port", "bridge", "ofport", "interface-type", "netns", "vport_type"):
+    for reserved in (
+        "datapath", "port", "bridge", "ofport", "interface-type", "netns", "vport_type", "interface", "error",
+        "device_kind",
+    ):  # fmt: skip
         problem = check_external_ids([reserved])
         assert problem is not None and "exporter's own labels" in problem
     for bad in ("", "1abc", "a.b", "a/b", "ä"):

@@ -245,6 +245,51 @@ def test_ofport_when_set(server: OvsdbServer, reader: OvsdbReader[IdentityView])
     assert got["p1"]["ofport"] == "7" and "ofport" not in got["br0"]
 
 
+def broken(view: IdentityView | None) -> dict[str, dict[str, object]]:
+    """ovs_interface_broken_info by interface name, and ovs_bridge_broken_interfaces by bridge."""
+    assert view is not None
+    out: dict[str, dict[str, object]] = {}
+    for family in text_string_to_metric_families(view.broken + view.bridges):
+        for sample in family.samples:
+            key = sample.labels.get("interface") or f"bridge {sample.labels['bridge']}"
+            out[key] = {**sample.labels, "value": sample.value}
+    return out
+
+
+def test_interfaces_vswitchd_could_not_open(server: OvsdbServer, reader: OvsdbReader[IdentityView]) -> None:
+    """What vswitchd writes when a VM's tap is gone under its row (iface_clear_db_record in
+    vswitchd/bridge.c: ofport -1 and the error), and when a patch port has no peer (error only):
+    followed as they change, as the rest of the row is."""
+    server.vsctl(
+        "add-br", "br-int", "--", "add-port", "br-int", "tap1", "--", "set", "Interface", "tap1",
+        "external-ids:iface-id=port-1", "external-ids:vm-uuid=vm-1",
+        "--", "add-port", "br-int", "patch-x", "--", "set", "Interface", "patch-x", "type=patch",
+        "options:peer=nowhere",
+    )  # fmt: skip
+    gone = "could not open network device tap1 (No such device)"
+    server.transact(
+        {"op": "update", "table": "Interface", "where": [["name", "==", "tap1"]], "row": {"ofport": -1, "error": gone}},
+        {"op": "update", "table": "Interface", "where": [["name", "==", "patch-x"]],
+         "row": {"ofport": 3, "error": "No usable peer 'nowhere' exists in 'system' datapath."}},
+    )  # fmt: skip
+    got = wait_view(reader, lambda s: "tap1" not in s and "patch-x" in s, "tap1 without its identity")
+    # The patch port is in ofproto (an ofport): its identity stays, and it is broken as well.
+    assert got["patch-x"]["ofport"] == "3"
+    assert broken(reader.current()) == {
+        "tap1": {"bridge": "br-int", "interface": "tap1", "interface_type": "system", "iface_id": "port-1",
+                 "vm_uuid": "vm-1", "error": gone, "value": 1},
+        "patch-x": {"bridge": "br-int", "interface": "patch-x", "interface_type": "patch",
+                    "error": "No usable peer 'nowhere' exists in 'system' datapath.", "value": 1},
+        "bridge br-int": {"bridge": "br-int", "value": 2},
+    }  # fmt: skip
+    # The device comes back: vswitchd clears the error and gives an ofport.
+    server.transact(
+        {"op": "update", "table": "Interface", "where": [["name", "==", "tap1"]], "row": {"ofport": 5, "error": ["set", []]}}
+    )  # fmt: skip
+    got = wait_view(reader, lambda s: s.get("tap1", {}).get("ofport") == "5", "tap1 back")
+    assert set(broken(reader.current())) == {"patch-x", "bridge br-int"}
+
+
 def test_changes_show_up(server: OvsdbServer, reader: OvsdbReader[IdentityView]) -> None:
     server.vsctl("add-br", "br-int")
     wait_view(reader, lambda s: "br-int" in s, "the bridge")
@@ -490,6 +535,10 @@ def test_identity_source_renders_both_formats(server: OvsdbServer) -> None:
         " the allowed Interface external_ids (value 1). Join on (instance, job, netns, datapath, port).",
         "# TYPE ovs_interface_info gauge",
         'ovs_interface_info{datapath="ovs-system",port="br0",bridge="br0",interface_type="internal"} 1',
+        "# HELP ovs_bridge_broken_interfaces Interfaces of this kernel-datapath bridge that ovs-vswitchd could"
+        " not open or configure (the ovs_interface_broken_info series of the bridge).",
+        "# TYPE ovs_bridge_broken_interfaces gauge",
+        'ovs_bridge_broken_interfaces{bridge="br0"} 0',
         "# HELP ovs_system_info The Open vSwitch instance, from OVSDB's Open_vSwitch table (value 1).",
         "# TYPE ovs_system_info gauge",
         'ovs_system_info{system_id="s1"} 1',

@@ -44,8 +44,11 @@ MODULES = (
     ("vport_geneve", False),
     ("vport_gre", False),
     ("virtio_net", False),
-    # The OVN scenario's encap address lives on a dummy device (tests/kernel/ovn.py).
+    # The OVN scenario's encap address lives on a dummy device (tests/kernel/ovn.py), and the
+    # vswitchd scenario has one as it would a physical NIC.
     ("dummy", False),
+    # A VM's tap (ip tuntap), whose device kind the vswitchd scenario checks.
+    ("tun", False),
     # A host's kernel loads these on demand when vswitchd opens its NETLINK_NETFILTER socket;
     # the guest has no modprobe. With them, ovn-controller's conntrack zone flushes and
     # `ovs-appctl dpctl/dump-conntrack` work as on a host.
