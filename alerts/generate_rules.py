@@ -11,8 +11,9 @@ what the overview dashboard's top-port panels read is recorded (``record_per_por
 in config.yml turns even that off): the packet and byte rates of every port, and
 the drop, error and failed-upcall rates and ratios only while they are above 0,
 which is a few ports, not all of them. The aggregates the dashboards read are
-recorded per datapath and, where OVSDB identity (``ovs_interface_info``) is
-scraped, per bridge. Alerts read the raw counters: an alert rule stores nothing
+recorded per datapath, per datapath and kind of device (``ovs_vport_info``'s
+``device_kind``: tunnels against VMs' and pods' ports) and, where OVSDB identity
+(``ovs_interface_info``) is scraped, per bridge. Alerts read the raw counters: an alert rule stores nothing
 but its firing alerts. Rules and alerts that need a per-vport metric group the
 exporters do not serve (``vport_metrics`` in config.yml) are left out.
 """
@@ -95,6 +96,12 @@ GROUP_ALERTS = "ovs-vport-exporter.alerts"
 # another namespace's OVSDB, it would carry that namespace's netns and join its ports.
 INTERFACE_INFO = "ovs_interface_info"
 INTERFACE_JOIN = "instance, job, netns, datapath, port"
+# What each vport is (the exporter's ovs_vport_info, device_kind from rtnetlink): joined on these
+# labels to sum the traffic per kind of device (tunnels, VMs' taps, pods' veths, NICs).
+VPORT_INFO = "ovs_vport_info"
+VPORT_JOIN = "instance, job, netns, datapath, port"
+# The per-port counters summed per device kind: traffic, the dashboards' tunnels-against-workloads view.
+DEVICE_KIND_COUNTERS = DENSE_PORT_RATES
 # Per-datapath counters (ovs_dp_stats, ovs_dp_megaflow_stats).
 DATAPATH_COUNTERS = (
     "lookup_hits",
@@ -132,6 +139,11 @@ def bridge_rate(counter: str) -> str:
     return f"ovs:bridge_{counter}:rate{WINDOW}"
 
 
+def device_kind_rate(counter: str) -> str:
+    """Name of the recorded per-datapath, per-device-kind sum of a per-port rate."""
+    return f"ovs:device_kind_{counter}:rate{WINDOW}"
+
+
 def raw_rate(counter: str, selector: str = "") -> str:
     """``rate()`` of an exporter counter over the window, e.g. of ``ovs_vport_upcalls_total``."""
     return f"rate(ovs_vport_{counter}_total{selector}[{WINDOW}])"
@@ -147,13 +159,15 @@ def groups_needed(expr: str) -> set[str]:
     """The exporter's per-vport metric groups an expression reads."""
     needed = {
         GROUP_OF_COUNTER[counter]
-        for counter in re.findall(r"\bovs[_:](?:vport|datapath|bridge)_([a-z_]+?)(?:_total\b|:rate)", expr)
+        for counter in re.findall(
+            r"\bovs[_:](?:vport|datapath|bridge|device_kind)_([a-z_]+?)(?:_total\b|:rate)", expr
+        )
         if counter in GROUP_OF_COUNTER
     }
     for bad, kind, _offered in ((r[1], r[0], r[2]) for r in PORT_RATIOS):
         if vport_ratio(kind) in expr:
             needed.add(GROUP_OF_COUNTER[bad])
-    if re.search(r"\bovs_vport_info\b", expr):
+    if re.search(r"\bovs_vport_info\b|ovs:device_kind_", expr):
         needed.add("info")
     return needed
 
@@ -185,15 +199,21 @@ class Config:
     vport_metrics: tuple[str, ...]
     no_upcall_handlers: AlertSettings
     port_churn: AlertSettings
+    broken_workload_port: AlertSettings
+    workload_selector: str
 
 
 def _alert_settings(
-    raw: dict[str, Any], key: str, threshold_key: str | None, min_key: str | None = None
+    raw: dict[str, Any],
+    key: str,
+    threshold_key: str | None,
+    min_key: str | None = None,
+    text_keys: tuple[str, ...] = (),
 ) -> AlertSettings:
     section = raw.get(key)
     if not isinstance(section, dict):
         raise ValueError(f"config: {key!r} must be a mapping")
-    allowed = {"for", "severity"} | {k for k in (threshold_key, min_key) if k}
+    allowed = {"for", "severity", *text_keys} | {k for k in (threshold_key, min_key) if k}
     unknown = set(section) - allowed
     if unknown:
         raise ValueError(f"config: unknown keys in {key!r}: {sorted(unknown)}")
@@ -204,6 +224,14 @@ def _alert_settings(
     threshold = float(section[threshold_key]) if threshold_key else 0.0
     min_rate = float(section[min_key]) if min_key else 0.0
     return AlertSettings(for_=for_, severity=severity, threshold=threshold, min_rate=min_rate)
+
+
+def _text_setting(raw: dict[str, Any], key: str, name: str) -> str:
+    """A string setting of an alert's section, e.g. a label selector."""
+    value = raw[key].get(name)
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"config: {key}.{name} must be a non-empty string")
+    return value
 
 
 def load_config(path: Path = CONFIG_PATH) -> Config:
@@ -238,6 +266,10 @@ def load_config(path: Path = CONFIG_PATH) -> Config:
         scrape_slow=_alert_settings(raw, "scrape_slow", "threshold_seconds"),
         no_upcall_handlers=_alert_settings(raw, "no_upcall_handlers", None),
         port_churn=_alert_settings(raw, "port_churn", "threshold_per_minute"),
+        broken_workload_port=_alert_settings(
+            raw, "broken_workload_port", None, text_keys=("workload_selector",)
+        ),
+        workload_selector=_text_setting(raw, "broken_workload_port", "workload_selector"),
     )
 
 
@@ -304,6 +336,19 @@ def aggregate_rules(config: Config) -> list[dict[str, Any]]:
                 f"* on ({INTERFACE_JOIN}) group_left (bridge)\n{interface}\n)\n",
             }
         )
+    # Per kind of device (ovs_vport_info's device_kind): tunnels against VMs' and pods' ports. One
+    # ovs_vport_info per vport, so the join never meets two; a vport without a device_kind (its
+    # device in another namespace) sums under device_kind="".
+    if "info" in config.vport_metrics:
+        for counter in DEVICE_KIND_COUNTERS:
+            if _served(counter, config):
+                rules.append(
+                    {
+                        "record": device_kind_rate(counter),
+                        "expr": f"sum without (port) (\n{raw_rate(counter)}\n"
+                        f"* on ({VPORT_JOIN}) group_left (device_kind)\n{VPORT_INFO}\n)\n",
+                    }
+                )
     return rules
 
 
@@ -328,6 +373,17 @@ IDENTITY = (
     "{{ with $id.iface_id }}, iface-id {{ . }}{{ end }}"
     "{{ with $id.pod_name }}, pod {{ $id.pod_namespace }}/{{ . }}{{ end }}"
     "{{ with $id.vm_uuid }}, VM {{ . }}{{ end }}){{ end }}{{ end }}"
+)
+
+
+# The broken-port alert's own labels (ovs_interface_broken_info carries the identity itself).
+BROKEN_INFO = "ovs_interface_broken_info"
+INTERFACE = "{{ $labels.interface }}"
+BRIDGE = "{{ $labels.bridge }}"
+WORKLOAD = (
+    "{{ with $labels.iface_id }} (iface-id {{ . }}"
+    "{{ with $labels.pod_name }}, pod {{ $labels.pod_namespace }}/{{ . }}{{ end }}"
+    "{{ with $labels.vm_uuid }}, VM {{ . }}{{ end }}){{ end }}"
 )
 
 
@@ -381,6 +437,7 @@ def all_alerting_rules(config: Config) -> list[dict[str, Any]]:
     slow = config.scrape_slow
     handlers = config.no_upcall_handlers
     churn = config.port_churn
+    broken = config.broken_workload_port
     lost_rate = '{{ printf "%.2f" $value }}'
     duration = "{{ $value | humanizeDuration }}"
     return [
@@ -444,6 +501,17 @@ def all_alerting_rules(config: Config) -> list[dict[str, Any]]:
             f"them (OVS_DP_ATTR_PER_CPU_PIDS holds no PID) for {handlers.for_}: every packet that misses "
             "the flow table is dropped and counted as lost, so new flows never get set up. OVS 3.1.0 does "
             "this when ovs-vswitchd starts within 10 s of boot (fixed in 3.1.1): restart ovs-vswitchd.",
+        ),
+        _alert(
+            "OvsWorkloadPortBroken",
+            f"{BROKEN_INFO}{{{config.workload_selector}}}\n",
+            broken,
+            f"OVS port {INTERFACE}{WORKLOAD} of bridge {BRIDGE} on {INSTANCE}: ovs-vswitchd cannot open it.",
+            f"On {INSTANCE}, ovs-vswitchd has not been able to open or configure Interface {INTERFACE} of "
+            f"bridge {BRIDGE}{WORKLOAD} for {broken.for_}: {{{{ $labels.error }}}}. That VM or pod has no "
+            "network through this port. A VM that crashed or a CNI that did not clean up leaves its row "
+            "behind when its tap or veth is gone: remove the port (ovs-vsctl del-port) or bring the "
+            "device back.",
         ),
         _alert(
             "OvsDatapathPortChurnHigh",

@@ -77,6 +77,10 @@ IDENTITY_HIDDEN = ("Time", "Value", "__name__", "job", "instance", "datapath", "
 NO_OVSDB = "needs --collector.ovsdb"
 #: Stat colours of a 0/1 health value (up, success) or a count where 0 is the trouble.
 RED_BELOW_ONE = [Threshold(value=None, color="red"), Threshold(value=1, color="green")]
+#: Stat colours of a count where anything above 0 is the trouble.
+RED_FROM_ONE = [Threshold(value=None, color="green"), Threshold(value=1, color="red")]
+#: The broken-port table's columns: every label of ovs_interface_broken_info but Prometheus' own.
+BROKEN_HIDDEN = ("Time", "Value", "__name__", "job")
 
 
 def _load_rules_generator() -> ModuleType:
@@ -571,6 +575,78 @@ def overview(limits: Thresholds) -> dash.Dashboard:
             ],
             description="Summed over the datapath's ports. Failed upcalls need kernel 6.2 or later.",
             width=8,
+        )
+    )
+
+    board = board.with_row(dash.Row("Ports by kind of device").id(ids()))
+    kind_where = f"{where} {{{{device_kind}}}}"
+    for title, unit, pairs in (
+        (
+            "Traffic by device kind",
+            "pps",
+            [("receive_packets", "received"), ("transmit_packets", "transmitted")],
+        ),
+        (
+            "Throughput by device kind",
+            "Bps",
+            [("receive_bytes", "received"), ("transmit_bytes", "transmitted")],
+        ),
+    ):
+        board = board.with_panel(
+            graph(
+                ids,
+                title,
+                unit,
+                [
+                    Query(f"{rules.device_kind_rate(counter)}{{{dp}}}", f"{kind_where} {label}")
+                    for counter, label in pairs
+                ],
+                description="Summed over the ports of each kind of device (ovs_vport_info's device_kind, "
+                "from rtnetlink; recording rules ovs:device_kind_*): tunnels (geneve, vxlan, gretap) against "
+                "VMs' taps (tun) and pods' veths (veth), the bridges' internal ports (openvswitch) and "
+                "physical NICs (none). Every tunnel of a kind shares one vport: which remote chassis a "
+                "tunnel's traffic goes to is not in the kernel's counters (docs/ovsdb.md, 'Tunnels').",
+            )
+        )
+
+    board = board.with_row(dash.Row("Broken ports (OVSDB)").id(ids()))
+    broken_sel = f'{inst}, bridge=~"$bridge"'
+    board = board.with_panel(
+        big_number(
+            ids,
+            "Interfaces vswitchd cannot open",
+            "none",
+            [Query(f"sum by (instance) (ovs_bridge_broken_interfaces{{{broken_sel}}})", "{{instance}}")],
+            description="Interfaces of kernel-datapath bridges that ovs-vswitchd could not open or configure "
+            "(OVSDB Interface.error set, or ofport -1; ovs_bridge_broken_interfaces). Red above 0: a VM's "
+            "tap or a pod's veth gone under its row, a device that cannot be added, a patch port "
+            "without its peer. The table beside names them; alert OvsWorkloadPortBroken fires for "
+            "VMs' and pods' ports.",
+            width=6,
+            steps=RED_FROM_ONE,
+        ).no_value(f"no OVSDB ({NO_OVSDB})")
+    )
+    broken = [Query(f"ovs_interface_broken_info{{{broken_sel}}}", "")]
+    board = board.with_panel(
+        table.Panel()
+        .id(ids())
+        .title("Interfaces vswitchd cannot open")
+        .description(
+            "Each Interface ovs-vswitchd could not open or configure (ovs_interface_broken_info): its "
+            "bridge, name, type, the allowed external_ids (iface_id, vm_uuid, pod_namespace, pod_name, "
+            "...) and OVSDB's error, e.g. 'could not open network device tap... (No such device)'. Such "
+            "a port has no kernel vport, so no counters and no ovs_interface_info."
+        )
+        .no_value(f"none (or {NO_OVSDB})")
+        .datasource(DATASOURCE)
+        .unit("none")
+        .span(18)
+        .height(8)
+        .targets(_targets(broken, instant=True))
+        .with_transformation(
+            DataTransformerConfig(
+                id_val="organize", options={"excludeByName": {name: True for name in BROKEN_HIDDEN}}
+            )
         )
     )
 

@@ -175,8 +175,13 @@ def joins_identity(expr: str) -> bool:
 
 def needs_ovsdb(expr: str) -> bool:
     """True when ``expr`` returns nothing without OVSDB (the exporter's ``--collector.ovsdb``):
-    the identity itself, the per-bridge sums, the OVSDB source's health."""
-    reads = re.search(r'\bovs_interface_info\b|\bovs_system_info\b|ovs:bridge_|collector="ovsdb"', expr)
+    the identity itself, the broken Interfaces and their counts, the per-bridge sums, the OVSDB
+    source's health."""
+    reads = re.search(
+        r"\bovs_interface_info\b|\bovs_system_info\b|\bovs_interface_broken_info\b|"
+        r'\bovs_bridge_broken_interfaces\b|ovs:bridge_|collector="ovsdb"',
+        expr,
+    )
     return reads is not None and not joins_identity(expr)
 
 

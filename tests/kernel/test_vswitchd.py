@@ -525,7 +525,7 @@ def host_prometheus(host_exporter: Exporter, results_dir: Path) -> Iterator[Prom
 
 
 def test_every_dashboard_and_alert_query_returns_data_joins_included(
-    host_prometheus: Prometheus, host_exporter: Exporter, host_nl: OvsNetlink
+    host_prometheus: Prometheus, host_exporter: Exporter, host_nl: OvsNetlink, crashed_vm: str
 ) -> None:
     instance = f"{MGMT_NS_IP}:{host_exporter.port}"
     # Traffic through both bridges, and new flows (upcalls) all along, while Prometheus scrapes.
@@ -599,6 +599,15 @@ def test_every_dashboard_and_alert_query_returns_data_joins_included(
             elif "ovs_interface_info" in expr and not any("bridge" in r["metric"] for r in result):
                 unjoined.append(f"{name}: {expr}")
         assert not empty, "expressions without data:\n" + "\n".join(empty)
+        # The crashed VM's port is what the broken-port panels and alert condition show.
+        broken = [name for name, expr in exprs if "ovs_interface_broken_info" in expr]
+        assert broken
+        for name in broken:
+            shown = {
+                (r["metric"]["interface"], r["metric"].get("iface_id"), r["metric"]["error"])
+                for r in results[name]
+            }
+            assert shown == {(CRASHED.port, CRASHED.iface_id, crashed_vm)}, (name, shown)
         assert not unexpected, "upcall expressions with data on a pre-6.2 kernel:\n" + "\n".join(unexpected)
         assert not unjoined, "joins that found no identity:\n" + "\n".join(unjoined)
         assert not firing, f"alerts firing on a healthy host: {firing}"

@@ -93,6 +93,12 @@ def synthetic_families(seed: int = 4) -> dict[str, Family]:
         ("host2:9310", "dp1", "p1", "netdev", 1500.0, 0.0, 0.0, 0.0, 0.0, 0.0),
         ("host2:9310", "dp1", "p2", "geneve", 120.0, 0.0, 0.0, 0.0, 0.0, 0.0),
     ]
+    # The kind of each port's device (rtnetlink): VMs' taps, a pod's veth, an internal port, the
+    # tunnels' devices, and a physical NIC (none).
+    device_kinds = {
+        "vm1": "tun", "vm2": "tun", "vm3": "veth", "idle0": "openvswitch", "vxlan_sys_4789": "vxlan",
+        "p1": "none", "p2": "geneve",
+    }  # fmt: skip
     for index, (
         instance,
         datapath,
@@ -129,7 +135,13 @@ def synthetic_families(seed: int = 4) -> dict[str, Family]:
         upcalls = [r * 0.02 for r in rx]
         add("ovs_vport_upcalls", "counter", key, counter(upcalls))
         add("ovs_vport_upcall_failures", "counter", key, counter([u * upcall_fail for u in upcalls]))
-        info = _labels(**labels, port_no=str(index + 1), vport_type=vport_type, ifindex=str(10 + index))
+        info = _labels(
+            **labels,
+            port_no=str(index + 1),
+            vport_type=vport_type,
+            device_kind=device_kinds[port],
+            ifindex=str(10 + index),
+        )
         add("ovs_vport_info", "gauge", info, [1.0] * steps)
         # OVSDB's identity of the port (the ovsdb collector), for the per-bridge sums and the
         # identity joins: host1 reads OVSDB, where vm1 and vm2 are VMs (os-vif) and vm3 a pod
@@ -145,6 +157,16 @@ def synthetic_families(seed: int = 4) -> dict[str, Family]:
             )
             identity = _labels(**labels, bridge=bridge, iface_id=f"{port}-iface", **who)
             add("ovs_interface_info", "gauge", identity, [1.0] * steps)
+
+    # host1's OVSDB still holds the row of a crashed VM's tap, whose device is gone (the
+    # broken-port alert holds), on br-int; br-ex has none.
+    vm = {"instance": "host1:9310", "job": JOB}
+    gone = "could not open network device tapdead0-00 (No such device)"
+    broken = _labels(**vm, bridge="br-int", interface="tapdead0-00", interface_type="system",
+                     iface_id="dead0-iface", vm_uuid="00000099-0000-4000-8000-000000000000", error=gone)  # fmt: skip
+    add("ovs_interface_broken_info", "gauge", broken, [1.0] * steps)
+    for bridge, count in (("br-int", 1.0), ("br-ex", 0.0)):
+        add("ovs_bridge_broken_interfaces", "gauge", _labels(**vm, bridge=bridge), [count] * steps)
 
     for instance, datapath, vports, pps in (
         ("host1:9310", "dp0", 5, 2150.0),

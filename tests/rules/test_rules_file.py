@@ -112,7 +112,7 @@ def test_recording_rule_names_follow_the_convention() -> None:
     names = [rule["record"] for rule in _records()]
     assert len(names) == len(set(names))
     for name in names:
-        assert re.fullmatch(r"ovs:(vport|datapath|bridge)_[a-z_]+:rate5m", name), name
+        assert re.fullmatch(r"ovs:(vport|datapath|bridge|device_kind)_[a-z_]+:rate5m", name), name
 
 
 def test_per_port_records_are_what_the_dashboards_read() -> None:
@@ -169,12 +169,13 @@ def test_rules_for_fewer_metric_groups(rules_generator: ModuleType, promtool: Pa
             rule.get("record") or rule["alert"]
         )
     alerts = {rule["alert"] for rule in rules if "alert" in rule}
-    # The datapath's own lost-upcall counter, handler count and port events, and the health alerts
-    # need no per-vport group.
+    # The datapath's own lost-upcall counter, handler count and port events, OVSDB's broken ports
+    # and the health alerts need no per-vport group.
     assert alerts == {
         "OvsDatapathUpcallsLost",
         "OvsDatapathNoUpcallHandlers",
         "OvsDatapathPortChurnHigh",
+        "OvsWorkloadPortBroken",
         "OvsDatapathUnavailable",
         "OvsVportExporterDown",
         "OvsVportExporterScrapeSlow",
