@@ -250,14 +250,26 @@ def _advance(port: Any, everything: bool) -> None:
 
 @contextmanager
 def dataset_exporter(vports: int, scenario: str) -> Iterator[tuple[int, int]]:
+    from benchmarks.dataset import device_kind
     from exporter import __version__
     from exporter.collector import Collector
     from exporter.config import Filters
     from exporter.http.server import MetricsServer
     from exporter.kernel.dumps import KernelSource
+    from tests import ovs_messages as om
 
     sock = _moving_socket(vports, scenario)
-    source = KernelSource(lambda: sock)
+    # The vports' devices, each of the kind its name is typical of: what ovs_vport_info's
+    # device_kind and the per-kind recording rules have to show.
+    links = om.FakeLinkSocket(
+        {
+            port.ifindex: (port.name, device_kind(port.name))
+            for datapath in sock.datapaths
+            for port in datapath.vports
+            if port.ifindex is not None and port.netnsid is None
+        }
+    )
+    source = KernelSource(lambda: sock, lambda: links)
     server = MetricsServer("127.0.0.1", 0, "/metrics", Collector(source, Filters(), __version__), __version__)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()

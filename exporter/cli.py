@@ -174,7 +174,8 @@ def _parser() -> argparse.ArgumentParser:
         "--collector.ovsdb",
         dest="ovsdb_enabled",
         action=argparse.BooleanOptionalAction,
-        help="Also read bridges and VM/pod identity from OVSDB (ovs_interface_info, ovs_system_info). "
+        help="Also read bridges and VM/pod identity from OVSDB (ovs_interface_info, ovs_system_info), "
+        "and the Interfaces ovs-vswitchd cannot open (ovs_interface_broken_info). "
         "Read-only; needs permission to connect to the socket.",
     )
     p.add_argument(

@@ -193,7 +193,7 @@ def test_identity_of_every_kernel_datapath_port(
             "pod_name": "web-1",
             "pod_namespace": "default",
         },
-        # Two geneve Interfaces share the kernel's flow-based vport: one series, the labels they agree on.
+        # Two geneve Interfaces share the kernel's flow-based vport: one series, bridge and type only.
         "genev_sys_6081": {
             "datapath": "ovs-system",
             "port": "genev_sys_6081",
