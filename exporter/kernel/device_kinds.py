@@ -10,10 +10,13 @@ for a physical NIC (shown as ``NO_KIND``).
 A device keeps its kind for its whole life, so ``DeviceKinds`` asks the kernel once per
 link, keyed on its ifindex and its name (an ifindex is given to a new device only after
 the counter wraps, and the name is checked against the reply), and keeps what the last
-scrape saw of each datapath: when a datapath's vports have the same names, ifindexes and
-netnsids as in the last scrape, its kinds are the same object as then, for no work but
-comparing them. A vport whose netdev lives in another namespace (``NETNSID``) has an
-ifindex of that namespace, which only CAP_NET_ADMIN there could read
+scrape saw of each datapath. A scrape does no work per vport for a datapath whose vports
+are those of the last scrape: the source says so when the vport decoder served every
+message of the datapath's dump from its cache (``VportDecoder.decoded`` did not move: each
+message's bytes but its counters, name, ifindex and netnsid included, equal a message of
+that datapath in the last scrape) and the dump holds as many vports as then; its kinds are
+then the same object as in the last scrape. A vport whose netdev lives in another namespace
+(``NETNSID``) has an ifindex of that namespace, which only CAP_NET_ADMIN there could read
 (``IFLA_TARGET_NETNSID``): it gets no kind, as do vports of kernels before 4.16 (no
 ``IFINDEX``).
 
@@ -45,10 +48,7 @@ NO_KIND = "none"
 #: net.core.rmem_max of an unprivileged socket.
 BATCH = 32
 
-# The fields of a vport its kind is keyed on. Read a field at a time over all the vports of a
-# datapath: each tuple holds the records' own objects, which are the same objects from one scrape
-# to the next for an unchanged vport, so that comparing with the last scrape's costs next to
-# nothing (a tuple of (name, ifindex, netnsid) per vport cost twice as much to build).
+# The fields of a vport its kind is keyed on, read a field at a time over a datapath's vports.
 _NAME = operator.itemgetter(Vport._fields.index("name"))
 _IFINDEX = operator.itemgetter(Vport._fields.index("ifindex"))
 _NETNSID = operator.itemgetter(Vport._fields.index("netnsid"))
@@ -71,8 +71,8 @@ class LinkSocket(Protocol):
 class _Datapath:
     """What one scrape learned of a datapath's links."""
 
-    # The names, ifindexes and netnsids of its vports, in dump order.
-    key: tuple[tuple[str, ...], tuple[int | None, ...], tuple[int | None, ...]]
+    dp_ifindex: int | None  # of its vports (None: it had none)
+    vports: int  # how many
     kinds: Mapping[str, str]  # vport name -> kind, for the vports whose kind is known
     by_link: Mapping[tuple[int, str], str]  # (ifindex, name) -> kind
     complete: bool  # every vport that can have a kind has one
@@ -96,21 +96,32 @@ class DeviceKinds:
         """Start a scrape: what the last one saw can be reused, anything older is let go."""
         self._previous, self._current = self._current, {}
 
-    def kinds(self, datapath: str, vports: Sequence[Vport]) -> Mapping[str, str]:
+    def kinds(self, datapath: str, vports: Sequence[Vport], unchanged: bool = False) -> Mapping[str, str]:
         """The kind of each vport of ``datapath`` that has one, by vport name.
 
-        The same object as in the last scrape when nothing changed. Raises NetlinkError,
-        DecodeError or OSError (timeouts too) when the kernel cannot be read.
+        ``unchanged``: the caller knows each of these vports is one of the datapath's vports of the
+        last scrape, with the same name, ifindex and netnsid (the vport decoder's cache served its
+        whole dump). With as many vports as then, nothing is looked at. The same object as in the
+        last scrape whenever the kinds are the same. Raises NetlinkError, DecodeError or OSError
+        (timeouts too) when the kernel cannot be read.
         """
-        key = (tuple(map(_NAME, vports)), tuple(map(_IFINDEX, vports)), tuple(map(_NETNSID, vports)))
         known = self._previous.get(datapath)
-        if known is not None and known.complete and known.key == key:
+        dp_ifindex = vports[0].dp_ifindex if vports else None
+        if (
+            unchanged
+            and known is not None
+            and known.complete
+            and known.vports == len(vports)
+            and known.dp_ifindex == dp_ifindex
+        ):
             self._current[datapath] = known
             return known.kinds
         before = known.by_link if known is not None else {}
         by_link: dict[tuple[int, str], str] = {}
         missing: list[tuple[int, str]] = []
-        for name, ifindex, netnsid in zip(*key, strict=True):
+        for name, ifindex, netnsid in zip(
+            map(_NAME, vports), map(_IFINDEX, vports), map(_NETNSID, vports), strict=True
+        ):
             if not ifindex or netnsid is not None:
                 continue  # no IFINDEX (kernel < 4.16), or an ifindex of another namespace
             link = (ifindex, name)
@@ -121,9 +132,11 @@ class DeviceKinds:
                 by_link[link] = kind
         if missing:
             by_link.update(self._read(missing))
-        kinds = {name: kind for (_ifindex, name), kind in by_link.items()}
+        kinds: Mapping[str, str] = {name: kind for (_ifindex, name), kind in by_link.items()}
+        if known is not None and kinds == known.kinds:
+            kinds = known.kinds  # the same object: the renderer reuses its text without comparing
         complete = all(link in by_link for link in missing)
-        self._current[datapath] = _Datapath(key, kinds, by_link, complete)
+        self._current[datapath] = _Datapath(dp_ifindex, len(vports), kinds, by_link, complete)
         return kinds
 
     def close(self) -> None:

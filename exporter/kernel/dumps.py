@@ -139,6 +139,7 @@ class KernelSource:
             self._kinds.new_scrape()
         dumps: list[DatapathDump] = []
         for datapath in datapaths:
+            decoded = self._vports.decoded
             try:
                 vports = self._dump(
                     sock,
@@ -152,7 +153,12 @@ class KernelSource:
                     continue  # deleted since the datapath dump: normal, not an error
                 raise
             unique = _unique_by_name(vports)
-            kinds = self._kinds.kinds(datapath.name, unique) if self._kinds is not None else NO_DEVICE_KINDS
+            kinds = NO_DEVICE_KINDS
+            if self._kinds is not None:
+                # The decoder decoded no message of this dump afresh: each is, counters aside, a
+                # message of the last scrape (and so of this datapath, its dp_ifindex included).
+                unchanged = self._vports.decoded == decoded
+                kinds = self._kinds.kinds(datapath.name, unique, unchanged)
             dumps.append(DatapathDump(datapath, unique, len(unique), device_kinds=kinds))
         return dumps
 

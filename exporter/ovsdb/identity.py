@@ -227,7 +227,7 @@ class _Joined:
     iface: OvsdbInterface
     bridge: str
     port: str  # the kernel vport name, before label_value
-    labels: tuple[tuple[str, str], ...]  # before label_value, for merging
+    labels: tuple[tuple[str, str], ...]  # before label_value
     identity: InterfaceIdentity
     line: str
 

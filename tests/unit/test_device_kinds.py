@@ -52,6 +52,47 @@ def test_kinds_are_read_once_per_link_and_reused() -> None:
     assert kinds.links_read == 3
 
 
+def test_a_dump_the_decoder_served_from_its_cache_costs_nothing_per_vport() -> None:
+    """``unchanged``: the source vouches that these are the last scrape's vports (the vport
+    decoder served every message from its cache), so not one vport is looked at: the proof is
+    that even other records of the same count get the last scrape's kinds."""
+    sock = FakeLinkSocket({7: ("tap0", "tun"), 8: ("veth0", "veth")})
+    kinds = DeviceKinds(lambda: sock)
+    kinds.new_scrape()
+    first = kinds.kinds("dp", [vport("tap0", 7), vport("veth0", 8, port_no=2)])
+    kinds.new_scrape()
+    assert kinds.kinds("dp", [vport("x", 1), vport("y", 2, port_no=2)], unchanged=True) is first
+    # As many vports is part of the condition, and the same datapath (dp_ifindex).
+    kinds.new_scrape()
+    assert kinds.kinds("dp", [vport("tap0", 7)], unchanged=True) == {"tap0": "tun"}
+    assert sock.sends == 1
+
+
+def test_the_source_says_unchanged_only_when_the_decoder_decoded_nothing_afresh() -> None:
+    ports = [
+        FakeVport(0, "dp0", type=2, ifindex=3),
+        FakeVport(1, "tap0", ifindex=7),
+        FakeVport(2, "tap1", ifindex=8),
+    ]
+    kernel = FakeKernelSocket([FakeDatapath("dp0", 3, vports=ports)])
+    links = FakeLinkSocket(
+        {3: ("dp0", "openvswitch"), 7: ("tap0", "tun"), 8: ("tap1", "tun"), 9: ("veth9", "veth")}
+    )
+    source = KernelSource(lambda: kernel, lambda: links)
+    (first,) = source.collect()
+    # Counters move: every message is served from the decoder's cache, the kinds are the same object.
+    kernel.datapaths[0].vports = [
+        FakeVport(p.port_no, p.name, type=p.type, ifindex=p.ifindex, stats=(9,) * 8) for p in ports
+    ]
+    (again,) = source.collect()
+    assert again.device_kinds is first.device_kinds
+    # tap1 replaced by another port, as many as before: decoded afresh, its kind read.
+    kernel.datapaths[0].vports = [*ports[:2], FakeVport(3, "veth9", ifindex=9)]
+    (changed,) = source.collect()
+    assert changed.device_kinds == {"dp0": "openvswitch", "tap0": "tun", "veth9": "veth"}
+    assert len(links.requests) == 4
+
+
 def test_only_new_links_are_asked_for() -> None:
     sock = FakeLinkSocket({7: ("tap0", "tun"), 9: ("veth9", "veth"), 10: ("tap0", "veth")})
     kinds = DeviceKinds(lambda: sock)
@@ -236,3 +277,57 @@ def test_kinds_of_many_links_in_batches_from_this_hosts_kernel() -> None:
         assert kinds.links_read == len(shown)
     finally:
         subprocess.run(["ip", "netns", "del", name], check=True)
+
+
+# --- through long runs of changing kernels ----------------------------------------------------------
+
+KINDS = ("tun", "veth", "geneve", "openvswitch", None)
+
+
+def _unique_ifindexes(datapaths: list[FakeDatapath]) -> list[FakeDatapath]:
+    """An ifindex names one device in a namespace: a later port with one already taken has none."""
+    seen: set[int] = set()
+    for dp in datapaths:
+        for port in dp.vports:
+            if port.ifindex is not None and port.ifindex in seen:
+                port.ifindex = None
+            elif port.ifindex is not None:
+                seen.add(port.ifindex)
+    return datapaths
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_kept_kinds_are_what_a_fresh_source_reads_scrape_after_scrape(seed: int) -> None:
+    """The render cache test's random kernels (names, types, ifindexes, netnsids, counters, ports
+    and datapaths changing in every way between scrapes), a device's kind a function of its name:
+    a source kept across scrapes must hand over exactly what a fresh one reads."""
+    import copy
+    import random
+
+    from tests.unit.test_render_cache import mutate, start
+
+    rng = random.Random(seed)
+
+    def kind_of(name: str) -> str | None:
+        return KINDS[sum(map(ord, name)) % len(KINDS)]
+
+    def links(datapaths: list[FakeDatapath]) -> FakeLinkSocket:
+        return FakeLinkSocket(
+            {
+                p.ifindex: (p.name, kind_of(p.name))
+                for dp in datapaths
+                for p in dp.vports
+                if p.ifindex is not None
+            }
+        )
+
+    kernel = FakeKernelSocket(_unique_ifindexes(start(rng)))
+    kept_links = links(kernel.datapaths)
+    source = KernelSource(lambda: kernel, lambda: kept_links)
+    for _scrape in range(80):
+        kernel.datapaths = _unique_ifindexes(copy.deepcopy(mutate(rng, kernel.datapaths)))
+        kept_links.links = links(kernel.datapaths).links
+        kept = {(d.datapath.name, d.netns): d.device_kinds for d in source.collect()}
+        fresh_kernel, fresh_links = FakeKernelSocket(kernel.datapaths), links(kernel.datapaths)
+        fresh = KernelSource(lambda k=fresh_kernel: k, lambda s=fresh_links: s).collect()
+        assert kept == {(d.datapath.name, d.netns): d.device_kinds for d in fresh}

@@ -536,7 +536,7 @@ class VportDecoder:
     ports that went away are let go. Not thread-safe: one source reads at a time.
     """
 
-    __slots__ = ("_current", "_previous", "_runs_current", "_runs_previous", "whole_datagrams")
+    __slots__ = ("_current", "_previous", "_runs_current", "_runs_previous", "decoded", "whole_datagrams")
 
     def __init__(self) -> None:
         self._previous: dict[bytes, _Entry] = {}
@@ -545,6 +545,9 @@ class VportDecoder:
         self._runs_previous: dict[bytes, _Run] = {}
         self._runs_current: dict[bytes, _Run] = {}
         self.whole_datagrams = 0  # datagrams decoded as one run so far (for the tests)
+        # Messages decoded afresh by decode_vport so far, none of them served from the cache: when
+        # a dump leaves it unchanged, each of its messages equals one of the last scrape's.
+        self.decoded = 0
 
     def new_scrape(self) -> None:
         """Start a scrape: what the last one saw can be reused, anything older is dropped."""
@@ -606,6 +609,7 @@ class VportDecoder:
                 end = pos + length
                 record = decode_vport(buf, new_tuple(Message, (mtype, _flags, mseq, pos, end)))
                 records.append(record)
+                self.decoded += 1
                 entry = _make_entry(buf, pos, end, record) if length >= _KEY_END else None
                 if entry is None:
                     made = None
