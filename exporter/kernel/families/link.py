@@ -20,6 +20,7 @@ A few links per scrape at most (only those not seen before): decoded by the gene
 from __future__ import annotations
 
 import struct
+import sys
 from typing import NamedTuple
 
 from exporter.kernel.netlink import NLM_F_REQUEST, NLMSGHDR, AttributeSet, DecodeError, Message, encode_attr
@@ -77,4 +78,5 @@ def decode_link(buf: bytes, message: Message) -> Link:
     ifindex = IFINFOMSG.unpack_from(buf, start)[2]
     attrs = LINK.decode(buf, start + IFINFOMSG.size, message.end)
     kind = attrs.get("LINKINFO", {}).get("KIND")
-    return Link(ifindex, attrs.get("IFNAME"), kind or None)
+    # A handful of kinds for thousands of links, each kept as long as its link: one string each.
+    return Link(ifindex, attrs.get("IFNAME"), sys.intern(kind) if kind else None)
