@@ -374,20 +374,8 @@ def test_device_kind_of_every_port_is_what_ip_link_says(
             labels["vport_type"] for port, labels in info.items() if port not in ("br-int", "br-ex", DATAPATH)
         } == {"netdev"}
     finally:
-        vsctl(
-            "--",
-            "del-port",
-            "br-int",
-            TAP,
-            "--",
-            "del-port",
-            "br-ex",
-            DUMMY,
-            "--",
-            "del-port",
-            "br-int",
-            VXLAN,
-        )
+        vsctl("--", "del-port", "br-int", TAP, "--", "del-port", "br-ex", DUMMY,
+              "--", "del-port", "br-int", VXLAN)  # fmt: skip
         ip_batch([f"link del {TAP}", f"link del {DUMMY}"], netns=HOST_NS)
 
 
@@ -427,8 +415,8 @@ def test_a_second_tunnel_leaves_the_tunnel_vports_series_as_it_was(
     vsctl("remove", "Interface", EXT.port, "external_ids", "iface-status")
 
 
-#: A VM that crashes: its tap is deleted, its OVSDB row is not (os-vif and libvirt unplug only on a
-#: clean shutdown).
+#: A VM that crashes: its port's device is deleted (a veth here, a tap on a real host), its OVSDB
+#: row is not (os-vif and libvirt unplug only on a clean shutdown).
 CRASHED = Guest(
     "vm-crashed", "tapc4a5b6d7-e8", "br-int", f"{SUBNET}.31", "fa:16:3e:31:32:33",
     {"iface-id": "c4a5b6d7-e8f9-4a0b-9c1d-2e3f4a5b6c7d", "iface-status": "active",
