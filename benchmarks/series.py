@@ -79,6 +79,7 @@ COUNTS = {
     ' - count({__name__=~"ovs:vport_(receive|transmit)_(packets|bytes):rate5m"})',
     "recorded_datapath": 'count({__name__=~"ovs:datapath_.+"})',
     "recorded_bridge": 'count({__name__=~"ovs:bridge_.+"}) or vector(0)',
+    "recorded_device_kind": 'count({__name__=~"ovs:device_kind_.+"}) or vector(0)',
     "alerts": 'count({__name__=~"ALERTS|ALERTS_FOR_STATE"}) or vector(0)',
 }
 
@@ -329,13 +330,14 @@ def measure(sizes: list[int], scenarios: list[str], real_kernel: bool, rules: Pa
 def table(runs: list[Run]) -> str:
     head = (
         "| source | scenario | vports | datapaths | exporter series | of which per vport | "
-        "recorded per port | per port in trouble | per datapath/bridge | ALERTS | head series (all) |"
+        "recorded per port | per port in trouble | per datapath/kind/bridge | ALERTS | head series (all) |"
     )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for run in runs:
         c = {key: f"{value:,.0f}" for key, value in run.counts.items()}
         per_vport = run.counts["exporter_vport"] / run.vports
-        aggregates = f"{run.counts['recorded_datapath'] + run.counts['recorded_bridge']:,.0f}"
+        kept = ("recorded_datapath", "recorded_device_kind", "recorded_bridge")
+        aggregates = sum(run.counts.get(key, 0.0) for key in kept)
         cells = [
             run.source,
             run.scenario,
@@ -345,7 +347,7 @@ def table(runs: list[Run]) -> str:
             f"{c['exporter_vport']} ({per_vport:.1f}/vport)",
             c["recorded_ports"],
             c["recorded_ports_in_trouble"],
-            aggregates,
+            f"{aggregates:,.0f}",
             c["alerts"],
             c["head_series"],
         ]

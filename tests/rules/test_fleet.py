@@ -46,7 +46,7 @@ def test_remote_write_keeps_the_aggregates_and_no_per_port_series() -> None:
     pattern = re.compile(keep["regex"])
     records = [rule["record"] for group in rule_groups() for rule in group["rules"] if "record" in rule]
     for name in records:
-        aggregate = name.startswith(("ovs:datapath_", "ovs:bridge_"))
+        aggregate = name.startswith(("ovs:datapath_", "ovs:device_kind_", "ovs:bridge_"))
         assert bool(pattern.fullmatch(name)) == aggregate, name
     for name in ("ovs_up", "up", "ALERTS", "ovs_datapath_flows"):
         assert pattern.fullmatch(name), name
