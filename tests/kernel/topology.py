@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from . import ovsnl
+from .netns import NO_IPV6, write_sysctl
 from .ovsnl import OvsNetlink
 from .promtext import Scrape
 
@@ -119,6 +120,7 @@ class Topology:
     def add_netns(self, name: str) -> None:
         sh("ip", "netns", "add", name)
         self.netns.append(name)
+        write_sysctl(name, NO_IPV6)
         ip_batch(["link set lo up"], netns=name)
 
     def add_veth(self, dp: str, name: str, upcall_pid: int = 0) -> ovsnl.VportInfo:
@@ -207,13 +209,60 @@ def background_ping(spec: DatapathSpec, size: int = 56, interval: float = 0.2) -
     )  # fmt: skip
 
 
+#: The EtherType of send_frames' frames: IEEE 802's "local experimental EtherType 1", which no
+#: protocol of the host's stack takes.
+EXPERIMENTAL_ETHERTYPE = 0x88B5
+#: Bytes of a send_frames frame before its payload: destination and source MAC, EtherType and a
+#: sequence number.
+FRAME_HEADER = 6 + 6 + 2 + 4
+#: The Ethernet header alone (destination, source, EtherType).
+ETH_HLEN = 14
+
+
 def send_frames(ifname: str, count: int, payload_len: int = 64) -> None:
-    """Send ``count`` raw Ethernet frames out of ``ifname`` (an experimental EtherType)."""
+    """Send ``count`` raw Ethernet frames out of ``ifname`` (an experimental EtherType), each
+    ``FRAME_HEADER + payload_len`` bytes long; from the namespace the calling thread is in."""
     with socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as s:
         s.bind((ifname, 0))
         for i in range(count):
-            frame = bytes.fromhex("020000000001020000000002") + struct.pack("!HI", 0x88B5, i)
+            frame = bytes.fromhex("020000000001020000000002") + struct.pack("!HI", EXPERIMENTAL_ETHERTYPE, i)
             s.send(frame + b"\0" * payload_len)
+
+
+#: ETH_P_ALL (include/uapi/linux/if_ether.h): a packet socket of this protocol sees every frame
+#: its device receives or sends.
+ETH_P_ALL = 0x0003
+
+
+def ethertype(frame: bytes) -> int:
+    return int.from_bytes(frame[12:14], "big")
+
+
+class FrameTap:
+    """A packet socket on ``ifname``, in the calling thread's namespace: it takes the frames of
+    ``protocol`` that the device receives (``ETH_P_ALL``: every frame it receives or sends).
+
+    Opened before send_frames' frames arrive, a tap of their EtherType is the handler the
+    host's stack delivers them to: without one, a frame of an EtherType no protocol takes is
+    counted as the device's ``rx_dropped``.
+    """
+
+    def __init__(self, ifname: str, protocol: int = EXPERIMENTAL_ETHERTYPE) -> None:
+        self._sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(protocol))
+        self._sock.bind((ifname, protocol))  # bind converts to network order itself
+        self._sock.setblocking(False)
+
+    def take(self) -> list[bytes]:
+        """The frames that arrived since the last call."""
+        frames = []
+        try:
+            while True:
+                frames.append(self._sock.recv(1 << 16))
+        except BlockingIOError:
+            return frames
+
+    def close(self) -> None:
+        self._sock.close()
 
 
 # --- ovs-dpctl ----------------------------------------------------------------------------------
