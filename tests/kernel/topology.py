@@ -33,6 +33,13 @@ def ip_batch(lines: list[str], netns: str | None = None) -> None:
         raise RuntimeError(f"{' '.join(cmd)} failed: {res.stderr.strip()}\n" + "\n".join(lines))
 
 
+def add_netns(*names: str) -> None:
+    """Create these named network namespaces (one ``ip`` process), each with IPv6 off (NO_IPV6)."""
+    ip_batch([f"netns add {name}" for name in names])
+    for name in names:
+        write_sysctl(name, NO_IPV6)
+
+
 def link_exists(name: str) -> bool:
     return sh("ip", "link", "show", "dev", name, check=False).returncode == 0
 
@@ -118,9 +125,8 @@ class Topology:
         return ifindex
 
     def add_netns(self, name: str) -> None:
-        sh("ip", "netns", "add", name)
+        add_netns(name)
         self.netns.append(name)
-        write_sysctl(name, NO_IPV6)
         ip_batch(["link set lo up"], netns=name)
 
     def add_veth(self, dp: str, name: str, upcall_pid: int = 0) -> ovsnl.VportInfo:
@@ -189,24 +195,35 @@ def standard_topology(nl: OvsNetlink) -> Iterator[Topology]:
 PING_OVERHEAD = 14 + 20 + 8
 
 
-def ping(spec: DatapathSpec, count: int, size: int = 56, interval: float = 0.05) -> str:
-    """Ping the datapath's local port from the namespace; every echo must come back."""
+def ping_from(netns: str, ip: str, count: int, size: int = 56, interval: float = 0.05) -> str:
+    """Ping ``ip`` from namespace ``netns`` (busybox's ping); every echo must come back."""
     res = sh(
-        "ip", "netns", "exec", spec.netns, "busybox", "ping", "-q", "-c", str(count), "-s", str(size),
-        "-i", str(interval), "-W", "5", spec.local_ip,
+        "ip", "netns", "exec", netns, "busybox", "ping", "-q", "-c", str(count), "-s", str(size),
+        "-i", str(interval), "-W", "5", ip,
         check=False, timeout=30 + count * (interval + 1),
     )  # fmt: skip
     if f"{count} packets received" not in res.stdout:
-        raise AssertionError(f"ping from {spec.netns} lost packets: {res.stdout}{res.stderr}")
+        raise AssertionError(f"ping {netns} -> {ip} lost packets: {res.stdout}{res.stderr}")
     return res.stdout
 
 
-def background_ping(spec: DatapathSpec, size: int = 56, interval: float = 0.2) -> subprocess.Popen[bytes]:
+def background_ping_from(
+    netns: str, ip: str, size: int = 56, interval: float = 0.2
+) -> subprocess.Popen[bytes]:
+    """Ping ``ip`` from namespace ``netns`` until the process is stopped."""
     return subprocess.Popen(
-        ["ip", "netns", "exec", spec.netns, "busybox", "ping", "-q", "-s", str(size), "-i", str(interval),
-         spec.local_ip],
+        ["ip", "netns", "exec", netns, "busybox", "ping", "-q", "-s", str(size), "-i", str(interval), ip],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
+
+
+def ping(spec: DatapathSpec, count: int, size: int = 56, interval: float = 0.05) -> str:
+    """Ping the datapath's local port from the namespace; every echo must come back."""
+    return ping_from(spec.netns, spec.local_ip, count, size, interval)
+
+
+def background_ping(spec: DatapathSpec, size: int = 56, interval: float = 0.2) -> subprocess.Popen[bytes]:
+    return background_ping_from(spec.netns, spec.local_ip, size, interval)
 
 
 #: The EtherType of send_frames' frames: IEEE 802's "local experimental EtherType 1", which no
