@@ -100,6 +100,7 @@ def test_every_file_key_is_read() -> None:
             "filters.ports: unknown key (known keys: datapath, port, vport_type, device_kind)",
         ),
         ("filters: {port: {only: x}}\n", "filters.port.only: unknown key"),
+        ("filters: {port: {exclude: 5}}\n", "filters.port.exclude: must be a string, got int"),
         (
             "collector: {vport_metric: []}\n",
             "collector.vport_metric: unknown key (known keys: vport_metrics, events)",
