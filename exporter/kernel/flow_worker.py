@@ -21,14 +21,16 @@ group the kernel would build a notification for every flow vswitchd installs or 
 
 Drop counters. For each drop flow (empty actions, or one explicit DROP) it keeps the packets and
 bytes of the last complete dump, by the flow's identity (its UFID, or its key without one), and
-reports per port and reason what grew since: a flow seen before counts its growth (all of it when
-its count went down: the flow was deleted and made again under the same UFID); a flow not seen in
-either of the two dumps before counts all its packets (it is new since); a flow that was there
+reports per port and reason what grew since: a drop flow of either of the two dumps before counts
+its growth since (all of it when its count went down: the flow was deleted and made again under
+the same UFID); a flow in neither counts all its packets (it is new since); a flow that was there
 but not as a drop flow (vswitchd changed its actions in place, keeping its counters) counts
-nothing yet, since its packets so far were not dropped. The first dump of a datapath after the
+nothing yet, since its packets so far were not dropped. Two dumps, not one, because a dump can
+miss a flow while vswitchd changes the table under it. The first dump of a datapath after the
 worker starts only takes this baseline. So no packet is counted twice, and what is counted is a
 lower bound of what the drop flows matched (docs: what it cannot see). The state is bounded by
-``max_flows``: two sorted arrays of 8-byte identities and the drop flows' counts.
+``max_flows``: the identities of the last two dumps' flows (sorted arrays, 8 bytes each) and
+their drop flows' counts.
 
 Each namespace's round is one JSON line on stdout (``WorkerReport``); the exporter reads them in a
 thread and serves the latest. The worker exits when its stdin closes (the exporter is gone).
@@ -135,10 +137,17 @@ class DumpAbandonedError(Exception):
 
 @dataclass
 class DropFlows:
-    """What the worker keeps of one datapath's flow table between dumps (see the module's doc)."""
+    """What the worker keeps of one datapath's flow table between dumps (see the module's doc).
+
+    The last two complete dumps: their drop flows' counts by identity, and every flow's identity
+    (sorted, 8 bytes each). Two, not one, because a dump can miss a flow while the table changes
+    under it: a flow seen again after one dump missed it is still known.
+    """
 
     dp_ifindex: int
-    drops: dict[int, tuple[int, int]] = field(default_factory=dict)  # identity -> (packets, bytes)
+    drops: tuple[dict[int, tuple[int, int]], dict[int, tuple[int, int]]] = field(
+        default_factory=lambda: ({}, {})
+    )  # identity -> (packets, bytes), newest first
     seen: tuple[array[int], array[int]] = field(default_factory=lambda: (array("Q"), array("Q")))
     baseline: bool = True  # the next complete dump only takes the baseline
 
@@ -147,20 +156,20 @@ class DropFlows:
         per (port number, reason code). Every (port, reason) with a drop flow is there, 0 or not."""
         grown: dict[tuple[int, int | None], list[int]] = {}
         current: dict[int, tuple[int, int]] = {}
-        previous = self.drops
+        last_drops, older_drops = self.drops
         for flow in tally.drops:
             counts = (flow.packets, flow.bytes)
             current[flow.identity] = counts
-            last = previous.get(flow.identity)
+            last = last_drops.get(flow.identity) or older_drops.get(flow.identity)
             if self.baseline:
                 packets = nbytes = 0
             elif last is not None:
                 if flow.packets >= last[0] and flow.bytes >= last[1]:
                     packets, nbytes = flow.packets - last[0], flow.bytes - last[1]
                 else:
-                    packets, nbytes = counts  # made again under the same UFID since the last dump
+                    packets, nbytes = counts  # made again under the same UFID since: all of it is new
             elif self._seen(flow.identity):
-                packets = nbytes = 0  # there before, not as a drop flow (or missed by a dump)
+                packets = nbytes = 0  # there before, not as a drop flow: what it matched was not dropped
             else:
                 packets, nbytes = counts  # new since the last dump
             if flow.in_port is None:
@@ -168,7 +177,7 @@ class DropFlows:
             entry = grown.setdefault((flow.in_port, flow.reason), [0, 0])
             entry[0] += packets
             entry[1] += nbytes
-        self.drops = current
+        self.drops = (current, last_drops)
         self.seen = (array("Q", sorted(tally.identities)), self.seen[0])
         self.baseline = False
         return grown

@@ -60,20 +60,28 @@ ACTION_ATTR_DROP = 24  # u32 error code (OVS's enum xlate_error); kernels since 
 ETH_P_IP = 0x0800
 
 
-def ipv4_match(in_port: int, dst: str, src: str = "0.0.0.0", match_src: bool = False) -> tuple[bytes, bytes]:
-    """Key and mask of a megaflow: every IPv4 packet from ``in_port`` to ``dst`` (and from ``src``
-    when ``match_src``), Ethernet addresses and the other IPv4 fields wildcarded."""
+def ipv4_match(
+    in_port: int | None, dst: str, src: str = "0.0.0.0", match_src: bool = False, recirc_id: int | None = None
+) -> tuple[bytes, bytes]:
+    """Key and mask of a megaflow: every IPv4 packet from ``in_port`` (None: from any port) to
+    ``dst`` (and from ``src`` when ``match_src``), in pass ``recirc_id`` when given; Ethernet
+    addresses and the other IPv4 fields wildcarded."""
     ipv4 = ipaddress.IPv4Address(src).packed + ipaddress.IPv4Address(dst).packed
-    key = (
-        nla(KEY_ATTR_IN_PORT, struct.pack("=I", in_port))
-        + nla(KEY_ATTR_ETHERNET, b"\0" * 12)
+    key = mask = b""
+    if recirc_id is not None:
+        key += nla(KEY_ATTR_RECIRC_ID, struct.pack("=I", recirc_id))
+        mask += nla(KEY_ATTR_RECIRC_ID, struct.pack("=I", 0xFFFFFFFF))
+    if in_port is not None:
+        key += nla(KEY_ATTR_IN_PORT, struct.pack("=I", in_port))
+        mask += nla(KEY_ATTR_IN_PORT, struct.pack("=I", 0xFFFFFFFF))
+    key += (
+        nla(KEY_ATTR_ETHERNET, b"\0" * 12)
         + nla(KEY_ATTR_ETHERTYPE, struct.pack("!H", ETH_P_IP))
         + nla(KEY_ATTR_IPV4, ipv4 + b"\0\0\0\0")  # proto, tos, ttl, frag
     )
     src_mask = b"\xff" * 4 if match_src else b"\0" * 4
-    mask = (
-        nla(KEY_ATTR_IN_PORT, struct.pack("=I", 0xFFFFFFFF))
-        + nla(KEY_ATTR_ETHERNET, b"\0" * 12)
+    mask += (
+        nla(KEY_ATTR_ETHERNET, b"\0" * 12)
         + nla(KEY_ATTR_ETHERTYPE, b"\xff\xff")
         + nla(KEY_ATTR_IPV4, src_mask + b"\xff" * 4 + b"\0\0\0\0")
     )
