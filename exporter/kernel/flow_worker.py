@@ -4,7 +4,8 @@
 never by hand). At 200,000 flows a dump is 40 MB of netlink messages and a second or more of
 Python: in a thread of the exporter it would hold the GIL against the scrapes for that long
 (docs/performance.md measures it). In a process of its own it costs the scrape nothing but a
-share of the CPU, so it also lowers its own priority (nice 10).
+share of the CPU, and it runs at the lowest priority (nice 19) so that even that goes to the
+scrape first.
 
 Every ``interval`` seconds (start to start) it reads, in the exporter's own network namespace and
 in each collected one (sockets opened there, as the scrape's are):
@@ -64,8 +65,9 @@ from exporter.kernel.netlink import (
 )
 from exporter.kernel.netns import list_namespaces
 
-#: The worker's CPU priority: above the exporter's, so that the scrape wins a contended CPU.
-NICENESS = 10
+#: The worker's CPU priority, the lowest of the normal scheduler: a scrape (and anything else) that
+#: wants the CPU gets it first (docs/performance.md measures it).
+NICENESS = 19
 
 #: OVS's enum xlate_error (ofproto/ofproto-dpif-xlate.h, include/linux/openvswitch.h in OVS), the
 #: code an explicit drop action carries, as OVS's own coverage counters name them
@@ -422,16 +424,20 @@ def _stdin_closed(seconds: float) -> bool:
     return bool(readable) and not os.read(sys.stdin.fileno(), 4096)
 
 
-def main(argv: Sequence[str]) -> int:
-    config = WorkerConfig.from_json(argv[0])
+def serve(worker: Worker) -> None:
+    """Run ``worker`` as the exporter's child: at a lower priority, until the exporter is gone."""
     os.nice(NICENESS)
-    worker = Worker(config, lambda netns: open_socket(config.netlink_timeout, netns))
     try:
         worker.run(sys.stdout, _stdin_closed)
     except BrokenPipeError:
         pass  # the exporter is gone
     finally:
         worker.close()
+
+
+def main(argv: Sequence[str]) -> int:
+    config = WorkerConfig.from_json(argv[0])
+    serve(Worker(config, lambda netns: open_socket(config.netlink_timeout, netns)))
     return 0
 
 
