@@ -123,7 +123,7 @@ def one_round() -> None:
     used = resource.getrusage(resource.RUSAGE_SELF)
     (entry,) = [dp for dp in report["datapaths"] if dp["datapath"] == DATAPATH]
     state = kept[-1]
-    kept_bytes = sum(sys.getsizeof(ids) for ids in state.seen) + sum(
+    kept_bytes = sum(ids.nbytes for ids in state.seen) + sum(
         sys.getsizeof(d)
         + sum(sys.getsizeof(k) + sys.getsizeof(v) + sum(map(sys.getsizeof, v)) for k, v in d.items())
         for d in state.drops

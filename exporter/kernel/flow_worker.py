@@ -137,6 +137,36 @@ class DumpAbandonedError(Exception):
     """A flow dump went over its cap (flows or seconds): nothing of it is used."""
 
 
+class Identities:
+    """The identities of one dump's flows, 8 bytes each, sorted only if ever looked up.
+
+    Most dumps never need it (only a drop flow that was not one in the last two dumps is looked
+    up), and sorting 200,000 numbers costs a tenth of the dump's time.
+    """
+
+    __slots__ = ("_ids", "_sorted")
+
+    def __init__(self, ids: Iterable[int] = ()) -> None:
+        self._ids = array("Q", ids)
+        self._sorted = False
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def __contains__(self, identity: object) -> bool:
+        if not self._sorted:
+            self._ids = array("Q", sorted(self._ids))
+            self._sorted = True
+        if not isinstance(identity, int):
+            return False
+        at = bisect.bisect_left(self._ids, identity)
+        return at < len(self._ids) and self._ids[at] == identity
+
+    @property
+    def nbytes(self) -> int:
+        return self._ids.itemsize * len(self._ids)
+
+
 @dataclass
 class DropFlows:
     """What the worker keeps of one datapath's flow table between dumps (see the module's doc).
@@ -150,7 +180,7 @@ class DropFlows:
     drops: tuple[dict[int, tuple[int, int]], dict[int, tuple[int, int]]] = field(
         default_factory=lambda: ({}, {})
     )  # identity -> (packets, bytes), newest first
-    seen: tuple[array[int], array[int]] = field(default_factory=lambda: (array("Q"), array("Q")))
+    seen: tuple[Identities, Identities] = field(default_factory=lambda: (Identities(), Identities()))
     baseline: bool = True  # the next complete dump only takes the baseline
 
     def account(self, tally: FlowTally) -> dict[tuple[int, int | None], list[int]]:
@@ -170,7 +200,7 @@ class DropFlows:
                     packets, nbytes = flow.packets - last[0], flow.bytes - last[1]
                 else:
                     packets, nbytes = counts  # made again under the same UFID since: all of it is new
-            elif self._seen(flow.identity):
+            elif flow.identity in self.seen[0] or flow.identity in self.seen[1]:
                 packets = nbytes = 0  # there before, not as a drop flow: what it matched was not dropped
             else:
                 packets, nbytes = counts  # new since the last dump
@@ -180,16 +210,9 @@ class DropFlows:
             entry[0] += packets
             entry[1] += nbytes
         self.drops = (current, last_drops)
-        self.seen = (array("Q", sorted(tally.identities)), self.seen[0])
+        self.seen = (Identities(tally.identities), self.seen[0])
         self.baseline = False
         return grown
-
-    def _seen(self, identity: int) -> bool:
-        for ids in self.seen:
-            at = bisect.bisect_left(ids, identity)
-            if at < len(ids) and ids[at] == identity:
-                return True
-        return False
 
 
 def dump_flows(
