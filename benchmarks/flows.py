@@ -1,8 +1,8 @@
 """The flow collector's cost at scrape time: a scrape while a 200,000-flow dump runs, against none.
 
-Three exporter servers over the same pre-built vport dumps (``benchmarks.dataset``, 10,000 vports
-by default), each in its own process, scraped in turn, round after round, so all three see the
-same background load:
+Exporter servers over the same pre-built vport dumps (``benchmarks.dataset``, 10,000 vports by
+default), each in its own process, in two phases; in each, a server without the flow collector
+and one with it are scraped in turn, round after round, so both see the same background load:
 
 - ``none``: no flow collector (the baseline);
 - ``thread``: the flow dump and its aggregation (the worker's own code,
@@ -14,8 +14,8 @@ same background load:
 
 The flow table (``--flows``, 200,000 by default) is built by ``tests.flow_messages`` in the
 kernel's layout, with UFIDs, a twentieth of drop flows, some recirculated and some from a tunnel.
-The driver reports each server's median scrape, the median over the rounds of each mode against
-``none``, and how many dumps completed meanwhile (so that a dump was always running).
+The driver reports each server's median scrape, the median over its phase's rounds of each mode
+against ``none``, and how many dumps completed meanwhile (so that a dump was always running).
 
     .venv/bin/python -m benchmarks.flows                       # what make bench runs
     .venv/bin/python -m benchmarks.flows --vports 1000 --flows 20000 --rounds 9
@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import os
 import statistics
 import struct
 import subprocess
@@ -217,48 +218,56 @@ class FlowsCost:
     vports: int
     flows: int
     rounds: int
-    median_ms: dict[str, float]  # mode -> median scrape
-    ratio: dict[str, float]  # mode -> median over the rounds of mode / none
-    dumps_during: dict[str, int]  # mode -> complete dumps between the first and last scrape
+    median_ms: dict[str, float]  # "thread", "process" and the "none" of each phase -> median scrape
+    ratio: dict[str, float]  # mode -> median over its phase's rounds of mode / none
+    dumps_during: dict[str, int]  # mode -> complete dumps between its phase's first and last scrape
     dump_seconds: dict[str, float]  # mode -> the last complete dump's duration, as served
     flows_served: dict[str, int]  # mode -> sum of ovs_vport_flows in the last scrape
     server_peak_rss_mb: dict[str, float]
     worker_peak_rss_mb: float | None
 
 
-def measure(vports: int, flows: int, rounds: int) -> FlowsCost:
-    servers = {mode: Server(mode, vports, flows) for mode in MODES}
+@dataclass
+class Phase:
+    """One flow collector mode scraped in turn with a server without it, round after round."""
+
+    mode: str
+    times: dict[str, list[float]]
+    dumps: int
+    last: str
+    peak_rss_mb: dict[str, float]
+
+
+def measure_phase(mode: str, vports: int, flows: int, rounds: int) -> Phase:
+    """``none`` and ``mode`` side by side, and nothing else: a dump thread at full priority in the
+    third server would load the machine for the other two."""
+    servers = {name: Server(name, vports, flows) for name in ("none", mode)}
     try:
-        # Wait until both flow collectors have completed a dump: then one is always under way.
-        first: dict[str, float] = {}
+        # Wait until the collector has completed a dump: then one is always under way (interval 0).
         deadline = time.monotonic() + 900
-        while len(first) < 2 and time.monotonic() < deadline:
-            for mode in ("thread", "process"):
-                text = servers[mode].scrape()[1]
-                ended = _sample(text, "ovs_datapath_flow_dump_timestamp_seconds")
-                if ended is not None and mode not in first:
-                    first[mode] = ended
+        while _sample(servers[mode].scrape()[1], "ovs_datapath_flow_dump_timestamp_seconds") is None:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{mode}: no complete flow dump in 15 minutes")
             time.sleep(1)
-        if len(first) < 2:
-            raise RuntimeError("the flow collectors did not complete a dump in 15 minutes")
-        times: dict[str, list[float]] = {mode: [] for mode in MODES}
-        ends: dict[str, set[float]] = {mode: set() for mode in MODES}
-        last: dict[str, str] = {}
+        times: dict[str, list[float]] = {name: [] for name in servers}
+        ends: set[float] = set()
+        text = ""
         for _ in range(rounds):
-            for mode in MODES:
-                elapsed, text = servers[mode].scrape()
-                times[mode].append(elapsed)
-                ended = _sample(text, "ovs_datapath_flow_dump_timestamp_seconds")
-                if ended is not None:
-                    ends[mode].add(ended)
-                last[mode] = text
-        peaks = {mode: server.peak_rss_mb() for mode, server in servers.items()}
+            for name, server in servers.items():
+                elapsed, body = server.scrape()
+                times[name].append(elapsed)
+                if name == mode:
+                    text = body
+                    ends.add(_sample(body, "ovs_datapath_flow_dump_timestamp_seconds") or 0.0)
+        peaks = {name: server.peak_rss_mb() for name, server in servers.items()}
     finally:
         for server in servers.values():
             server.stop()
+    return Phase(mode, times, len(ends) - 1, text, peaks)
 
-    def ratio(mode: str) -> float:
-        return statistics.median(t / n for t, n in zip(times[mode], times["none"], strict=True))
+
+def measure(vports: int, flows: int, rounds: int) -> FlowsCost:
+    phases = [measure_phase(mode, vports, flows, rounds) for mode in ("thread", "process")]
 
     def flows_served(text: str) -> int:
         return int(
@@ -269,17 +278,27 @@ def measure(vports: int, flows: int, rounds: int) -> FlowsCost:
             )
         )
 
-    worker_peak = _sample(last["process"], "ovs_flow_worker_peak_resident_memory_bytes")
+    median_ms: dict[str, float] = {}
+    for phase in phases:
+        median_ms[phase.mode] = statistics.median(phase.times[phase.mode]) * 1e3
+        median_ms[f"none ({phase.mode} phase)"] = statistics.median(phase.times["none"]) * 1e3
+    worker_peak = _sample(phases[1].last, "ovs_flow_worker_peak_resident_memory_bytes")
     return FlowsCost(
         vports,
         flows,
         rounds,
-        {mode: statistics.median(t) * 1e3 for mode, t in times.items()},
-        {mode: ratio(mode) for mode in MODES},
-        {mode: len(e) for mode, e in ends.items()},
-        {mode: _sample(last[mode], "ovs_datapath_flow_dump_duration_seconds") or 0.0 for mode in MODES},
-        {mode: flows_served(last[mode]) for mode in MODES},
-        peaks,
+        median_ms,
+        {
+            p.mode: statistics.median(t / n for t, n in zip(p.times[p.mode], p.times["none"], strict=True))
+            for p in phases
+        },
+        {p.mode: p.dumps for p in phases},
+        {p.mode: _sample(p.last, "ovs_datapath_flow_dump_duration_seconds") or 0.0 for p in phases},
+        {p.mode: flows_served(p.last) for p in phases},
+        {
+            **{p.mode: p.peak_rss_mb[p.mode] for p in phases},
+            "none": max(p.peak_rss_mb["none"] for p in phases),
+        },
         None if worker_peak is None else worker_peak / 1e6,
     )
 
@@ -305,16 +324,17 @@ def main(argv: list[str] | None = None) -> int:
     m, r = cost.median_ms, cost.ratio
     d, rss = cost.dump_seconds, cost.server_peak_rss_mb
     print(
-        f"flow collector at {cost.vports:,} vports and {cost.flows:,} flows, {cost.rounds} rounds"
-        f" ({info['nproc']} CPUs, load at start {info['loadavg_at_start']}): median scrape without it"
-        f" {m['none']:.1f} ms; with the dump in a thread {m['thread']:.1f} ms (median ratio"
-        f" {r['thread']:.3f}); in the worker process {m['process']:.1f} ms (median ratio {r['process']:.3f})."
+        f"flow collector at {cost.vports:,} vports and {cost.flows:,} flows, {cost.rounds} rounds per phase"
+        f" ({info['nproc']} CPUs, load at start {info['loadavg_at_start']}): with the dump in a thread of"
+        f" the exporter, median scrape {m['thread']:.1f} ms against {m['none (thread phase)']:.1f} ms without"
+        f" (median of the rounds' ratios {r['thread']:.3f}); with it in the worker process,"
+        f" {m['process']:.1f} ms against {m['none (process phase)']:.1f} ms (ratio {r['process']:.3f})."
         f" Dumps completed during the scrapes: thread {cost.dumps_during['thread']}, process"
         f" {cost.dumps_during['process']}; last dump {d['thread']:.2f} s (thread), {d['process']:.2f} s"
         f" (process); flows served {cost.flows_served['thread']:,} and {cost.flows_served['process']:,};"
-        f" peak RSS of the servers none {rss['none']:.1f} MB, thread {rss['thread']:.1f} MB, process"
+        f" peak RSS of the servers: without {rss['none']:.1f} MB, thread {rss['thread']:.1f} MB, process"
         f" {rss['process']:.1f} MB (+ worker {cost.worker_peak_rss_mb or 0:.1f} MB, which holds the replayed"
-        " table too)"
+        f" table too); load at the end {' '.join(f'{x:.2f}' for x in os.getloadavg())}"
     )
     if args.json:
         args.json.write_text(json.dumps({"machine": info, "flows": asdict(cost)}, indent=2) + "\n")
