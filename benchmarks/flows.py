@@ -27,6 +27,7 @@ import argparse
 import gzip
 import json
 import os
+import signal
 import statistics
 import struct
 import subprocess
@@ -220,6 +221,9 @@ class FlowsCost:
     rounds: int
     median_ms: dict[str, float]  # "thread", "process" and the "none" of each phase -> median scrape
     ratio: dict[str, float]  # mode -> median over its phase's rounds of mode / none
+    # The process server's scrape with its worker dumping against the same server's scrape with
+    # the worker frozen (no dump under way): the dump's own effect on a scrape.
+    ratio_dump_under_way: float
     dumps_during: dict[str, int]  # mode -> complete dumps between its phase's first and last scrape
     dump_seconds: dict[str, float]  # mode -> the last complete dump's duration, as served
     flows_served: dict[str, int]  # mode -> sum of ovs_vport_flows in the last scrape
@@ -238,6 +242,15 @@ class Phase:
     peak_rss_mb: dict[str, float]
 
 
+def _child(pid: int) -> int:
+    """The one child process of ``pid`` (the process server's flow dump worker)."""
+    children = [
+        c for task in Path(f"/proc/{pid}/task").iterdir() for c in (task / "children").read_text().split()
+    ]
+    (child,) = children
+    return int(child)
+
+
 def measure_phase(mode: str, vports: int, flows: int, rounds: int) -> Phase:
     """``none`` and ``mode`` side by side, and nothing else: a dump thread at full priority in the
     third server would load the machine for the other two."""
@@ -252,6 +265,10 @@ def measure_phase(mode: str, vports: int, flows: int, rounds: int) -> Phase:
         times: dict[str, list[float]] = {name: [] for name in servers}
         ends: set[float] = set()
         text = ""
+        # The worker process, frozen for a scrape of the same server with no dump under way.
+        worker = _child(servers[mode].proc.pid) if mode == "process" else None
+        if worker is not None:
+            times["process, no dump under way"] = []
         for _ in range(rounds):
             for name, server in servers.items():
                 elapsed, body = server.scrape()
@@ -259,6 +276,13 @@ def measure_phase(mode: str, vports: int, flows: int, rounds: int) -> Phase:
                 if name == mode:
                     text = body
                     ends.add(_sample(body, "ovs_datapath_flow_dump_timestamp_seconds") or 0.0)
+            if worker is not None:
+                os.kill(worker, signal.SIGSTOP)
+                try:
+                    times["process, no dump under way"].append(servers[mode].scrape()[0])
+                finally:
+                    os.kill(worker, signal.SIGCONT)
+                time.sleep(0.2)  # under way again before the next round's scrape
         peaks = {name: server.peak_rss_mb() for name, server in servers.items()}
     finally:
         for server in servers.values():
@@ -282,6 +306,9 @@ def measure(vports: int, flows: int, rounds: int) -> FlowsCost:
     for phase in phases:
         median_ms[phase.mode] = statistics.median(phase.times[phase.mode]) * 1e3
         median_ms[f"none ({phase.mode} phase)"] = statistics.median(phase.times["none"]) * 1e3
+    median_ms["process, no dump under way"] = (
+        statistics.median(phases[1].times["process, no dump under way"]) * 1e3
+    )
     worker_peak = _sample(phases[1].last, "ovs_flow_worker_peak_resident_memory_bytes")
     return FlowsCost(
         vports,
@@ -292,6 +319,12 @@ def measure(vports: int, flows: int, rounds: int) -> FlowsCost:
             p.mode: statistics.median(t / n for t, n in zip(p.times[p.mode], p.times["none"], strict=True))
             for p in phases
         },
+        statistics.median(
+            t / n
+            for t, n in zip(
+                phases[1].times["process"], phases[1].times["process, no dump under way"], strict=True
+            )
+        ),
         {p.mode: p.dumps for p in phases},
         {p.mode: _sample(p.last, "ovs_datapath_flow_dump_duration_seconds") or 0.0 for p in phases},
         {p.mode: flows_served(p.last) for p in phases},
@@ -328,7 +361,9 @@ def main(argv: list[str] | None = None) -> int:
         f" ({info['nproc']} CPUs, load at start {info['loadavg_at_start']}): with the dump in a thread of"
         f" the exporter, median scrape {m['thread']:.1f} ms against {m['none (thread phase)']:.1f} ms without"
         f" (median of the rounds' ratios {r['thread']:.3f}); with it in the worker process,"
-        f" {m['process']:.1f} ms against {m['none (process phase)']:.1f} ms (ratio {r['process']:.3f})."
+        f" {m['process']:.1f} ms against {m['none (process phase)']:.1f} ms (ratio {r['process']:.3f}), and"
+        f" against {m['process, no dump under way']:.1f} ms with the worker frozen, no dump under way"
+        f" (ratio {cost.ratio_dump_under_way:.3f})."
         f" Dumps completed during the scrapes: thread {cost.dumps_during['thread']}, process"
         f" {cost.dumps_during['process']}; last dump {d['thread']:.2f} s (thread), {d['process']:.2f} s"
         f" (process); flows served {cost.flows_served['thread']:,} and {cost.flows_served['process']:,};"
