@@ -118,6 +118,9 @@ class DatapathFlows:
     abandoned: int
     # (port number, port name) -> ((reason, packets, bytes), ...), reasons sorted
     drops: Mapping[tuple[int, str], tuple[tuple[str, int, int], ...]]
+    # (port number, port name) -> its sample lines, written once per report rather than once per
+    # scrape: ovs_vport_flows (empty unless the latest dump completed), the dropped packets, bytes
+    samples: Mapping[tuple[int, str], tuple[str, str, str]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,7 +233,7 @@ class FlowSource:
             for dp in report["datapaths"]:
                 name = str(dp["datapath"])
                 previous = old.datapaths.get(name) if old is not None else None
-                datapaths[name] = self._datapath(where, name, dp, previous)
+                datapaths[name] = self._datapath(where, netns, name, dp, previous)
             entry = NamespaceFlows(netns, self._monotonic(), None, datapaths)
         self._publish(
             namespaces={**self._snapshot.namespaces, netns: entry},
@@ -239,7 +242,7 @@ class FlowSource:
         )
 
     def _datapath(
-        self, where: str, name: str, dp: Mapping[str, Any], previous: DatapathFlows | None
+        self, where: str, netns: str | None, name: str, dp: Mapping[str, Any], previous: DatapathFlows | None
     ) -> DatapathFlows:
         dp_ifindex = int(dp["dp_ifindex"])
         if previous is not None and previous.dp_ifindex != dp_ifindex:
@@ -262,17 +265,20 @@ class FlowSource:
                 by_reason = drops.setdefault((int(port), str(port_name)), {})
                 was = by_reason.get(str(reason), (0, 0))
                 by_reason[str(reason)] = (was[0] + int(packets), was[1] + int(nbytes))
+            port_flows = {int(port): int(n) for port, n in dp["port_flows"]}
+            counters = {
+                key: tuple((reason, *counts) for reason, counts in sorted(by_reason.items()))
+                for key, by_reason in drops.items()
+                if ports.get(key[0]) == key[1]
+            }
             return DatapathFlows(
                 dp_ifindex,
                 ports,
-                {int(port): int(n) for port, n in dp["port_flows"]},
+                port_flows,
                 (float(dp["started"]) + float(dp["duration"]), float(dp["duration"]), int(dp["flows"])),
                 previous.abandoned if previous else 0,
-                {
-                    key: tuple((reason, *counts) for reason, counts in sorted(by_reason.items()))
-                    for key, by_reason in drops.items()
-                    if ports.get(key[0]) == key[1]
-                },
+                counters,
+                _samples(_datapath_labels(netns, name), ports, port_flows, counters),
             )
         if result not in ("abandoned", "failed"):
             raise ReportError(f"result {result!r}")
@@ -284,6 +290,7 @@ class FlowSource:
             previous.last_complete if previous else None,
             (previous.abandoned if previous else 0) + (result == "abandoned"),
             kept,
+            _samples(_datapath_labels(netns, name), ports, None, kept),
         )
 
     def _publish(self, **changes: Any) -> None:
@@ -334,9 +341,7 @@ class FlowSource:
             datapath = namespace.datapaths.get(dump.datapath.name) if namespace is not None else None
             if datapath is None or datapath.dp_ifindex != dump.datapath.dp_ifindex:
                 continue
-            dp_labels = f'datapath="{escape_label_value(dump.datapath.name)}"'
-            if dump.netns is not None:
-                dp_labels = f'netns="{escape_label_value(dump.netns)}",{dp_labels}'
+            dp_labels = _datapath_labels(dump.netns, dump.datapath.name)
             if datapath.last_complete is not None:
                 ended, duration, listed = datapath.last_complete
                 timestamp_lines.append(f"ovs_datapath_flow_dump_timestamp_seconds{{{dp_labels}}} {ended!r}\n")
@@ -347,22 +352,14 @@ class FlowSource:
             abandoned_lines.append(
                 f"ovs_datapath_flow_dumps_abandoned_total{{{dp_labels}}} {datapath.abandoned}\n"
             )
-            port_flows = datapath.port_flows if dump.netns in current else None
-            ports = datapath.ports
-            drops = datapath.drops
-            for vport in dump.vports:
-                if ports.get(vport.port_no) != vport.name:
-                    continue
-                labels = f'{dp_labels},port="{escape_label_value(vport.name)}"'
-                if port_flows is not None:
-                    flow_lines.append(f"ovs_vport_flows{{{labels}}} {port_flows.get(vport.port_no, 0)}\n")
-                for reason, packets, nbytes in drops.get((vport.port_no, vport.name), ()):
-                    packet_lines.append(
-                        f'ovs_vport_flow_dropped_packets_total{{{labels},reason="{reason}"}} {packets}\n'
-                    )
-                    byte_lines.append(
-                        f'ovs_vport_flow_dropped_bytes_total{{{labels},reason="{reason}"}} {nbytes}\n'
-                    )
+            # Only this scrape's ports (they pass the filters), under the name the worker saw: one
+            # lookup each, the lines written when the report came.
+            samples = datapath.samples
+            served = [line for vport in dump.vports if (line := samples.get((vport.port_no, vport.name)))]
+            if dump.netns in current:
+                flow_lines.extend(flows for flows, _packets, _bytes in served if flows)
+            packet_lines.extend(packets for _flows, packets, _bytes in served if packets)
+            byte_lines.extend(nbytes for _flows, _packets, nbytes in served if nbytes)
         chunks: list[str] = []
         for name, kind, help_text, lines in (
             ("ovs_vport_flows", "gauge", FLOWS_HELP, flow_lines),
@@ -398,6 +395,36 @@ class FlowSource:
                 process.wait()
         if self._thread is not None:
             self._thread.join(timeout=5)
+
+
+def _datapath_labels(netns: str | None, datapath: str) -> str:
+    """``datapath=".."``, after ``netns=".."`` for a namespace's: as the vport metrics write them."""
+    labels = f'datapath="{escape_label_value(datapath)}"'
+    return labels if netns is None else f'netns="{escape_label_value(netns)}",{labels}'
+
+
+def _samples(
+    dp_labels: str,
+    ports: Mapping[int, str],
+    port_flows: Mapping[int, int] | None,
+    drops: Mapping[tuple[int, str], tuple[tuple[str, int, int], ...]],
+) -> dict[tuple[int, str], tuple[str, str, str]]:
+    """Each port's sample lines: its megaflows (when the dump completed), its drop counters."""
+    samples = {}
+    for port_no, name in ports.items():
+        labels = f'{dp_labels},port="{escape_label_value(name)}"'
+        flows = "" if port_flows is None else f"ovs_vport_flows{{{labels}}} {port_flows.get(port_no, 0)}\n"
+        counters = drops.get((port_no, name), ())
+        packets = "".join(
+            f'ovs_vport_flow_dropped_packets_total{{{labels},reason="{reason}"}} {n}\n'
+            for reason, n, _b in counters
+        )
+        nbytes = "".join(
+            f'ovs_vport_flow_dropped_bytes_total{{{labels},reason="{reason}"}} {b}\n'
+            for reason, _n, b in counters
+        )
+        samples[(port_no, name)] = (flows, packets, nbytes)
+    return samples
 
 
 def _worker_families(snapshot: FlowSnapshot, fmt: Format) -> list[str]:
