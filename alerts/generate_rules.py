@@ -370,6 +370,20 @@ IDENTITY = (
 )
 
 
+# Which way a port's counters point, as its device counts them (the README's "Which way the
+# counters point"): said in the annotations of the alerts of one direction.
+DIRECTION = {
+    "receive": "Received as the port's device counts it: on a VM's tap or a pod's veth, what the VM or "
+    "pod sent into the switch; on an internal port (br-int, the datapath's own port), what the switch "
+    "delivered to the host.",
+    "transmit": "Transmitted as the port's device counts it: on a VM's tap or a pod's veth, what the "
+    "switch delivered to the VM or pod; on an internal port (br-int, the datapath's own port), what the "
+    "host sent into the switch.",
+}
+# A tap drops on transmit when its queue is full (drivers/net/tun.c tun_net_xmit).
+TAP_TRANSMIT_DROPS = " On a VM's tap, transmit drops can be a VM that does not read its queue fast enough."
+
+
 def _alert(name: str, expr: str, settings: AlertSettings, summary: str, description: str) -> dict[str, Any]:
     return {
         "alert": name,
@@ -400,7 +414,8 @@ def _port_ratio_alert(
         f"OVS port {PORT}{IDENTITY} on datapath {DATAPATH} ({INSTANCE}): {PERCENT} of {noun} {outcome}.",
         f"On {INSTANCE}, {PERCENT} of the packets that OVS port {PORT}{IDENTITY} of datapath {DATAPATH} "
         f"{verb} over the last {WINDOW} {outcome} (threshold {_percent(settings.threshold)}, "
-        f"counted on ports offered at least {_num(min_pps)} packets/s).",
+        f"counted on ports offered at least {_num(min_pps)} packets/s). {DIRECTION[direction]}"
+        + (TAP_TRANSMIT_DROPS if (direction, kind) == ("transmit", "drop") else ""),
     )
 
 

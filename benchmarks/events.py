@@ -22,12 +22,12 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from benchmarks.scrape import REPO_ROOT, get_metrics, machine
+from benchmarks.scrape import get_metrics, machine
+from benchmarks.serving import REPO_ROOT, ServerProcess, ready, start_exporter
 
 MODES = ("without", "idle", "busy")
 
@@ -47,7 +47,7 @@ class UnixNotifySocket:
     def join(self, group: int) -> None:
         pass  # whatever arrives at the path is "the group"
 
-    def recv(self) -> bytes | None:
+    def poll(self) -> bytes | None:
         try:
             return self._sock.recv(1 << 16)
         except BlockingIOError:
@@ -60,10 +60,6 @@ class UnixNotifySocket:
 def serve(mode: str, vports: int, path: str) -> None:
     """One exporter server: the scrape benchmark's, plus the listener unless ``mode`` is "without"."""
     from benchmarks.dataset import PrebuiltKernelSocket, build, fake_datapaths
-    from exporter import __version__
-    from exporter.collector import Collector
-    from exporter.config import Filters
-    from exporter.http.server import MetricsServer
     from exporter.kernel.dumps import KernelSource
     from exporter.kernel.events import EventListener
     from tests.fake_events import FakeControl
@@ -75,13 +71,7 @@ def serve(mode: str, vports: int, path: str) -> None:
         listener = EventListener(lambda _netns: (UnixNotifySocket(path), control))
         listener.start()
         sources.append(listener)
-    collector = Collector(
-        KernelSource(lambda: PrebuiltKernelSocket(dataset)), Filters(), __version__, snapshot_sources=sources
-    )
-    server = MetricsServer("127.0.0.1", 0, "/metrics", collector, __version__)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    print(f"READY {server.port}", flush=True)
-    sys.stdin.read()
+    ready(start_exporter(KernelSource(lambda: PrebuiltKernelSocket(dataset)), sources).port)
 
 
 def feed(path: str, rate: float) -> None:
@@ -106,47 +96,18 @@ def feed(path: str, rate: float) -> None:
             time.sleep(delay)
 
 
-class Server:
+class Server(ServerProcess):
     def __init__(self, mode: str, vports: int, path: str) -> None:
         self.mode = mode
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "benchmarks.events",
-                "--serve",
-                mode,
-                "--vports",
-                f"{vports}",
-                "--path",
-                path,
-            ],
-            cwd=REPO_ROOT,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
+        super().__init__(
+            "benchmarks.events", [mode, "--vports", str(vports), "--path", path], f"server {mode}"
         )
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline().split()
-        if not line or line[0] != "READY":
-            self.stop()
-            raise RuntimeError(f"server {mode} did not start")
-        self.port = int(line[1])
 
     def scrape(self) -> tuple[float, bytes]:
         elapsed, response, body = get_metrics(self.port)
         if response.status != 200:
             raise RuntimeError(f"{self.mode}: HTTP {response.status}")
         return elapsed, body
-
-    def stop(self) -> None:
-        if self.proc.stdin:
-            self.proc.stdin.close()
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
 
 
 @dataclass
@@ -182,6 +143,12 @@ def measure(vports: int, rounds: int, rate: float) -> EventsCost:
         try:
             for server in servers.values():
                 server.scrape()  # first-use costs, not counted
+            # The busy rounds start once the feed reaches the listener (the feeder is a new process).
+            deadline = time.monotonic() + 60
+            while not _events_total(servers["busy"].scrape()[1]):
+                if feeder.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("the busy listener counted no event: the feed never reached it")
+                time.sleep(0.05)
             times: dict[str, list[float]] = {mode: [] for mode in MODES}
             last = b""
             for _ in range(rounds):

@@ -25,7 +25,6 @@ import argparse
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -34,14 +33,9 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from tests.loopback import free_port
+
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _venv_bytes(clone: Path) -> int:
@@ -51,7 +45,7 @@ def _venv_bytes(clone: Path) -> int:
 
 def _serve(clone: Path, make_args: list[str], deadline_s: float) -> float:
     """`make run` on a loopback port: seconds until /metrics answers 200; then SIGTERM."""
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}/metrics"
     start = time.monotonic()
     # A process group of its own, so that stopping it stops make's child (the exporter) too.

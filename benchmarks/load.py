@@ -42,7 +42,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from benchmarks.scrape import IMPLEMENTATIONS, SCRAPE_HEADERS, Server, machine
+from benchmarks.scrape import IMPLEMENTATIONS, Server, get_metrics, machine
 
 STALLED = (0, 50, 200)
 CONCURRENT = (2, 8)
@@ -67,12 +67,8 @@ class LoadResult:
 def timed_scrape(port: int, vports: int, timeout: float) -> tuple[float, bool]:
     """Seconds from connect to last byte, and whether it was a 200 with every vport."""
     started = time.perf_counter()
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
-        conn.request("GET", "/metrics", headers=SCRAPE_HEADERS)
-        response = conn.getresponse()
-        body = response.read()
-        elapsed = time.perf_counter() - started
+        elapsed, response, body = get_metrics(port, timeout=timeout)
         if response.status != 200:
             return elapsed, False
         if response.getheader("Content-Encoding") == "gzip":
@@ -80,8 +76,22 @@ def timed_scrape(port: int, vports: int, timeout: float) -> tuple[float, bool]:
         return elapsed, body.count(b"\novs_vport_info{") == vports
     except (OSError, http.client.HTTPException):
         return time.perf_counter() - started, False
-    finally:
-        conn.close()
+
+
+def scrapes_in_turn(
+    port: int, vports: int, args: argparse.Namespace, started: float
+) -> tuple[list[float], int]:
+    """``--runs`` timed scrapes one after the other, until ``--budget`` seconds after ``started``
+    (``time.monotonic``): their times, and how many were a 200 with every vport."""
+    times: list[float] = []
+    whole = 0
+    for _ in range(args.runs):
+        if time.monotonic() - started > args.budget:
+            break
+        elapsed, ok = timed_scrape(port, vports, args.scrape_timeout)
+        times.append(elapsed)
+        whole += ok
+    return times, whole
 
 
 def stalled_reader(port: int) -> socket.socket | None:
@@ -134,19 +144,6 @@ class Taker:
         self._thread.join(5)
 
 
-def thread_count(server: Server) -> int:
-    for line in Path(f"/proc/{server.proc.pid}/status").read_text().splitlines():
-        if line.startswith("Threads:"):
-            return int(line.split()[1])
-    raise KeyError("Threads")
-
-
-def stop_now(server: Server) -> None:
-    """Kill the server: the baseline may still be rendering for its stalled readers."""
-    server.proc.kill()
-    server.proc.wait()
-
-
 def p99(times: list[float]) -> float:
     ordered = sorted(times)
     return ordered[max(0, math.ceil(0.99 * len(ordered)) - 1)]
@@ -166,8 +163,6 @@ def run_stalled(implementation: str, vports: int, stalled: int, args: argparse.N
     server = Server(implementation, vports)
     taker = Taker()
     readers: list[socket.socket] = []
-    times: list[float] = []
-    whole = 0
     try:
         single = single_scrape_peak(server)
         started = time.monotonic()
@@ -182,19 +177,14 @@ def run_stalled(implementation: str, vports: int, stalled: int, args: argparse.N
 
         arrivals = threading.Thread(target=arrive, daemon=True)
         arrivals.start()
-        for _ in range(args.runs):
-            if time.monotonic() - started > args.budget:
-                break
-            elapsed, ok = timed_scrape(server.port, vports, args.scrape_timeout)
-            times.append(elapsed)
-            whole += ok
+        times, whole = scrapes_in_turn(server.port, vports, args, started)
         arrivals.join(max(0.0, args.budget - (time.monotonic() - started)))
         peak = server.memory_mb("VmHWM")
     finally:
         taker.stop()
         for sock in readers:
             sock.close()
-        stop_now(server)
+        server.kill()  # the baseline may still be rendering for its stalled readers
     return _result(implementation, vports, f"{stalled} stalled", args.runs, times, whole, single, peak)
 
 
@@ -203,26 +193,19 @@ def run_idle(implementation: str, vports: int, idle: int, args: argparse.Namespa
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, idle + 1024)), hard))
     server = Server(implementation, vports)
     conns: list[socket.socket] = []
-    times: list[float] = []
-    whole = 0
     try:
         single = single_scrape_peak(server)
         started = time.monotonic()
         for _ in range(idle):
             with contextlib.suppress(OSError):
                 conns.append(socket.create_connection(("127.0.0.1", server.port), timeout=30))
-        for _ in range(args.runs):
-            if time.monotonic() - started > args.budget:
-                break
-            elapsed, ok = timed_scrape(server.port, vports, args.scrape_timeout)
-            times.append(elapsed)
-            whole += ok
+        times, whole = scrapes_in_turn(server.port, vports, args, started)
         peak = server.memory_mb("VmHWM")
-        threads = thread_count(server)
+        threads = server.status("Threads")
     finally:
         for sock in conns:
             sock.close()
-        stop_now(server)
+        server.kill()
     result = _result(implementation, vports, f"{idle} idle", args.runs, times, whole, single, peak)
     result.threads = threads
     return result
@@ -253,7 +236,7 @@ def run_concurrent(implementation: str, vports: int, clients: int, args: argpars
             t.join(args.budget + args.scrape_timeout)
         peak = server.memory_mb("VmHWM")
     finally:
-        stop_now(server)
+        server.kill()
     return _result(
         implementation,
         vports,

@@ -37,6 +37,12 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from benchmarks.serving import REPO_ROOT, ServerProcess, ready, start_exporter
+
+if TYPE_CHECKING:
+    from exporter.ovsdb.identity import IdentitySource
 
 # Prometheus 2.x/3.x sends exactly this when it scrapes a target (scrape_protocols default order).
 PROMETHEUS_ACCEPT = (
@@ -50,7 +56,6 @@ SCRAPE_HEADERS = {
     "X-Prometheus-Scrape-Timeout-Seconds": "10",
 }
 IMPLEMENTATIONS = ("exporter", "baseline")
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 # --- server side: runs in the subprocess ---------------------------------------------------------
@@ -68,30 +73,19 @@ def serve(implementation: str, vports: int, ovsdb: str | None = None) -> None:
     from benchmarks.dataset import PrebuiltKernelSocket, build
 
     dataset = build(vports)
-    extra = ""
+    extra: list[object] = []
     if implementation == "exporter":
-        from exporter import __version__
-        from exporter.collector import Collector
-        from exporter.config import Filters
-        from exporter.http.server import MetricsServer
         from exporter.kernel.dumps import KernelSource
 
-        source = KernelSource(lambda: PrebuiltKernelSocket(dataset))
         sources = []
         if ovsdb is not None:
             extra = _start_ovsdb(ovsdb, sources)
-        server = MetricsServer(
-            "127.0.0.1", 0, "/metrics", Collector(source, Filters(), __version__, snapshot_sources=sources),
-            __version__,
-        )  # fmt: skip
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        port = server.port
+        port = start_exporter(KernelSource(lambda: PrebuiltKernelSocket(dataset)), sources).port
     else:
         from benchmarks import baseline
 
         port = baseline.serve(dataset)
-    print(f"READY {port} {dataset.nbytes}{extra}", flush=True)
-    sys.stdin.read()  # the driver closes stdin when it is done
+    ready(port, dataset.nbytes, *extra)
 
 
 def _rss_bytes() -> int:
@@ -101,8 +95,8 @@ def _rss_bytes() -> int:
     raise KeyError("VmRSS")
 
 
-def _start_ovsdb(remote: str, sources: list[object]) -> str:
-    """Start the OVSDB source, wait for its first copy, add a port: " <bytes> <first s> <change s>"."""
+def _start_ovsdb(remote: str, sources: list[IdentitySource]) -> list[object]:
+    """Start the OVSDB source, wait for its first copy, add a port: [bytes, first s, change s]."""
     import gc
 
     from exporter.ovsdb.identity import DEFAULT_EXTERNAL_IDS, IdentitySource
@@ -128,16 +122,18 @@ def _start_ovsdb(remote: str, sources: list[object]) -> str:
         time.sleep(0.05)
     gc.collect()
     sources.append(identity)
-    return f" {_rss_bytes() - before} {first} {identity.reader.last_build_seconds}"
+    return [_rss_bytes() - before, first, identity.reader.last_build_seconds]
 
 
 # --- client side: the driver ---------------------------------------------------------------------
 
 
-def get_metrics(port: int, path: str = "/metrics") -> tuple[float, http.client.HTTPResponse, bytes]:
+def get_metrics(
+    port: int, path: str = "/metrics", timeout: float = 600
+) -> tuple[float, http.client.HTTPResponse, bytes]:
     """One scrape as Prometheus makes it: seconds from connect to the body's last byte, response, body."""
     started = time.perf_counter()
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
         conn.request("GET", path, headers=SCRAPE_HEADERS)
         response = conn.getresponse()
@@ -147,39 +143,22 @@ def get_metrics(port: int, path: str = "/metrics") -> tuple[float, http.client.H
     return time.perf_counter() - started, response, body
 
 
-class Server:
-    """One implementation at one size, in its own process."""
+class Server(ServerProcess):
+    """One implementation at one size, in its own process (``root``: the checkout that runs)."""
 
     def __init__(
         self, implementation: str, vports: int, ovsdb: str | None = None, root: Path = REPO_ROOT
     ) -> None:
         self.implementation = implementation
         self.vports = vports
-        # ``root``: the checkout whose exporter (and benchmark server) runs: ``python -m`` puts the
-        # working directory first on sys.path, ahead of the virtualenv's editable install.
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "benchmarks.scrape", "--serve", implementation, "--vports", str(vports)]
-            + (["--ovsdb", ovsdb] if ovsdb else []),
-            cwd=root,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
+        super().__init__(
+            "benchmarks.scrape",
+            [implementation, "--vports", str(vports), *(["--ovsdb", ovsdb] if ovsdb else [])],
+            f"{implementation} server for {vports} vports",
+            root,
         )
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline().split()
-        if not line or line[0] != "READY":
-            self.stop()
-            raise RuntimeError(f"{implementation} server for {vports} vports did not start")
-        self.port = int(line[1])
-        self.dataset_bytes = int(line[2])
-        self.extra = line[3:]  # with --ovsdb: the reader's bytes and build seconds
-
-    def memory_mb(self, key: str) -> float:
-        """VmRSS (now) or VmHWM (peak) of the server process, in MB (10^6 bytes)."""
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) * 1024 / 1e6
-        raise KeyError(key)
+        self.dataset_bytes = int(self.fields[0])
+        self.extra = self.fields[1:]  # with --ovsdb: the reader's bytes and build seconds
 
     def scrape(self, check: bool = False) -> float:
         """One scrape; seconds from connect to the body's last byte."""
@@ -203,15 +182,6 @@ class Server:
             raise RuntimeError(f"{where}: {info_lines} ovs_vport_info samples, or no final # EOF")
         self.body_bytes = len(text.encode())
         self.gzip_bytes = len(body)
-
-    def stop(self) -> None:
-        if self.proc.stdin:
-            self.proc.stdin.close()
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
 
 
 @dataclass
@@ -328,6 +298,17 @@ def measure_soak(vports: int, scrapes: int) -> Soak:
     return soak
 
 
+def turn_about(first: Server, second: Server, rounds: int) -> tuple[list[float], list[float]]:
+    """Scrape both servers each round, ``first`` first in even rounds and second in odd ones, so
+    that neither always follows the other and both see the same background load: the times of
+    each. Read the median of the rounds' ratios: both halves of a round share its load."""
+    times: dict[Server, list[float]] = {first: [], second: []}
+    for i in range(rounds):
+        for server in (first, second) if i % 2 == 0 else (second, first):
+            times[server].append(server.scrape())
+    return times[first], times[second]
+
+
 @dataclass
 class OvsdbCost:
     vports: int
@@ -357,15 +338,8 @@ def measure_ovsdb(vports: int, interfaces: int, rounds: int) -> OvsdbCost:
             samples = sum(1 for line in text.splitlines() if line.startswith("ovs_interface_info{"))
             if samples == 0 or 'ovs_scrape_collector_success{collector="ovsdb"} 1' not in text:
                 raise RuntimeError("the OVSDB side served no identity")
-            times_off, times_on, ratios = [], [], []
-            for i in range(rounds):
-                # Alternate which goes first, so that neither always follows the other.
-                a, b = (off, on) if i % 2 == 0 else (on, off)
-                ta, tb = a.scrape(), b.scrape()
-                t_off, t_on = (ta, tb) if a is off else (tb, ta)
-                times_off.append(t_off)
-                times_on.append(t_on)
-                ratios.append(t_on / t_off)
+            times_off, times_on = turn_about(off, on, rounds)
+            ratios = [t_on / t_off for t_on, t_off in zip(times_on, times_off, strict=True)]
             idle_off, idle_on = off.memory_mb("VmRSS"), on.memory_mb("VmRSS")
         finally:
             off.stop()
@@ -414,14 +388,8 @@ def measure_against(revision: str, vports: int, rounds: int) -> Against:
         try:
             this.scrape(check=True)
             other.scrape(check=True)
-            times_this, times_other, ratios = [], [], []
-            for i in range(rounds):
-                a, b = (this, other) if i % 2 == 0 else (other, this)
-                ta, tb = a.scrape(), b.scrape()
-                t_this, t_other = (ta, tb) if a is this else (tb, ta)
-                times_this.append(t_this)
-                times_other.append(t_other)
-                ratios.append(t_this / t_other)
+            times_this, times_other = turn_about(this, other, rounds)
+            ratios = [t_this / t_other for t_this, t_other in zip(times_this, times_other, strict=True)]
             peaks = this.memory_mb("VmHWM"), other.memory_mb("VmHWM")
         finally:
             this.stop()

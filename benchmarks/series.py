@@ -43,11 +43,8 @@ import json
 import os
 import platform
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.parse
 import urllib.request
@@ -57,6 +54,9 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+
+from benchmarks.serving import start_exporter
+from tests import loopback
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RULES = REPO_ROOT / "alerts" / "ovs-vport-exporter.rules.yml"
@@ -108,17 +108,9 @@ def prometheus_binary() -> Path:
     raise SystemExit("prometheus not found: run sh alerts/setup-promtool.sh (or set $PROMETHEUS)")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @contextmanager
 def prometheus(exporter_port: int, workdir: Path, rules: Path = RULES) -> Iterator[str]:
     """Prometheus scraping the exporter and evaluating the shipped rules; yields its API URL."""
-    port = _free_port()
     config = {
         "global": {
             "scrape_interval": f"{INTERVAL}s",
@@ -130,39 +122,11 @@ def prometheus(exporter_port: int, workdir: Path, rules: Path = RULES) -> Iterat
             {"job_name": JOB, "static_configs": [{"targets": [f"127.0.0.1:{exporter_port}"]}]}
         ],
     }
-    (workdir / "prometheus.yml").write_text(json.dumps(config), encoding="utf-8")
-    log = (workdir / "prometheus.log").open("wb")
-    proc = subprocess.Popen(
-        [
-            str(prometheus_binary()),
-            f"--config.file={workdir / 'prometheus.yml'}",
-            f"--storage.tsdb.path={workdir / 'data'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-            "--log.level=warn",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/-/ready", timeout=5) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"prometheus did not start: {(workdir / 'prometheus.log').read_text()[-2000:]}"
-                )
-            time.sleep(0.3)
+    # 120 s to start: in the VM (--kernel), under TCG, everything is 20-35 times slower.
+    with loopback.prometheus(
+        prometheus_binary(), workdir / "data", workdir, json.dumps(config), ("--log.level=warn",), 120
+    ) as url:
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        log.close()
 
 
 def query(url: str, expr: str) -> float:
@@ -250,17 +214,10 @@ def _advance(port: Any, everything: bool) -> None:
 
 @contextmanager
 def dataset_exporter(vports: int, scenario: str) -> Iterator[tuple[int, int]]:
-    from exporter import __version__
-    from exporter.collector import Collector
-    from exporter.config import Filters
-    from exporter.http.server import MetricsServer
     from exporter.kernel.dumps import KernelSource
 
     sock = _moving_socket(vports, scenario)
-    source = KernelSource(lambda: sock)
-    server = MetricsServer("127.0.0.1", 0, "/metrics", Collector(source, Filters(), __version__), __version__)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    server = start_exporter(KernelSource(lambda: sock))
     try:
         yield server.port, len(sock.datapaths)
     finally:
@@ -286,7 +243,7 @@ def kernel_exporter(vports: int, workdir: Path) -> Iterator[tuple[int, int]]:
         for index in range(1, vports):  # the datapath's own local port is one
             nl.new_vport(ifindex, f"n{index}", VPORT_INTERNAL)
         print(f"created {vports} vports in {time.monotonic() - started:.0f}s", file=sys.stderr)
-        exporter = Exporter(_free_port(), workdir)
+        exporter = Exporter(loopback.free_port(), workdir)
         try:
             yield exporter.port, 1
         finally:

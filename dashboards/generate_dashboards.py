@@ -76,6 +76,17 @@ IDENTITY_LEGEND = " ".join(f"{{{{{label}}}}}" for label in IDENTITY_LABELS)
 IDENTITY_HIDDEN = ("Time", "Value", "__name__", "job", "instance", "datapath", "port")
 NO_OVSDB = "needs --collector.ovsdb"
 NO_FLOWS = "needs --collector.flows"
+# Which way a port's counters point, for every panel that shows them: as its device counts
+# (the README's "Which way the counters point"; tests/kernel/test_counters.py proves it).
+DIRECTION = (
+    "Each port counts as its device does: received is what a VM or pod (on a NIC or tunnel port, the "
+    "wire) sent into the switch, transmitted what the switch delivered to it; an internal port "
+    "(br-int, the datapath's own port) is the other way round: received is what the switch delivered "
+    "to the host, transmitted what the host sent into the switch. Traffic offloaded to tc flower or a "
+    "NIC is included."
+)
+#: What the kernel's flow table counts leaves out offloaded traffic, which the ports count.
+NOT_OFFLOADED = "Traffic offloaded to tc flower or a NIC never reaches this table, though its ports count it."
 #: Stat colours of a 0/1 health value (up, success) or a count where 0 is the trouble.
 RED_BELOW_ONE = [Threshold(value=None, color="red"), Threshold(value=1, color="green")]
 
@@ -487,7 +498,7 @@ def overview(limits: Thresholds) -> dash.Dashboard:
                 Query(f"ovs:datapath_lookup_lost:rate5m{{{dp}}}", f"{where} lost"),
             ],
             description="Packets that matched a flow (hit), were sent to userspace as upcalls (missed), "
-            "or missed and could not be queued to userspace (lost, a subset of missed).",
+            f"or missed and could not be queued to userspace (lost, a subset of missed). {NOT_OFFLOADED}",
         )
     )
     board = board.with_panel(
@@ -496,7 +507,7 @@ def overview(limits: Thresholds) -> dash.Dashboard:
             "Flow table hit ratio",
             "percentunit",
             [Query(f"ovs:datapath_lookup_hits:rate5m{{{dp}}} / ({lookups} > 0)", where)],
-            description="Share of packets that matched an installed flow.",
+            description=f"Share of packets that matched an installed flow. {NOT_OFFLOADED}",
         )
     )
     board = board.with_panel(
@@ -505,7 +516,8 @@ def overview(limits: Thresholds) -> dash.Dashboard:
             "Flows",
             "short",
             [Query(f"ovs_datapath_flows{{{dp}}}", where)],
-            description="Flows installed in the datapath.",
+            description="Flows installed in the datapath's flow table, not those offloaded to tc flower or "
+            "a NIC.",
             width=8,
         )
     )
@@ -545,7 +557,7 @@ def overview(limits: Thresholds) -> dash.Dashboard:
                 Query(f"ovs:datapath_receive_packets:rate5m{{{dp}}}", f"{where} received"),
                 Query(f"ovs:datapath_transmit_packets:rate5m{{{dp}}}", f"{where} transmitted"),
             ],
-            description="Packets per second summed over the datapath's ports.",
+            description=f"Packets per second summed over the datapath's ports. {DIRECTION}",
             width=8,
         )
     )
@@ -558,7 +570,7 @@ def overview(limits: Thresholds) -> dash.Dashboard:
                 Query(f"ovs:datapath_receive_bytes:rate5m{{{dp}}}", f"{where} received"),
                 Query(f"ovs:datapath_transmit_bytes:rate5m{{{dp}}}", f"{where} transmitted"),
             ],
-            description="Bytes per second summed over the datapath's ports.",
+            description=f"Bytes per second summed over the datapath's ports. {DIRECTION}",
             width=8,
         )
     )
@@ -574,7 +586,8 @@ def overview(limits: Thresholds) -> dash.Dashboard:
                 Query(f"ovs:datapath_transmit_errors:rate5m{{{dp}}}", f"{where} transmit errors"),
                 Query(f"ovs:datapath_upcall_failures:rate5m{{{dp}}}", f"{where} failed upcalls"),
             ],
-            description="Summed over the datapath's ports. Failed upcalls need kernel 6.2 or later.",
+            description="Summed over the datapath's ports. Failed upcalls need kernel 6.2 or later. "
+            f"{DIRECTION}",
             width=8,
         )
     )
@@ -619,7 +632,8 @@ def overview(limits: Thresholds) -> dash.Dashboard:
                 queries,
                 description=f"{summed}, summed over each bridge's ports (recording rules ovs:bridge_*), "
                 "which bridge a port is on coming from OVSDB (ovs_interface_info, the exporter's "
-                "--collector.ovsdb). Ports OVSDB does not describe count towards their datapath only.",
+                "--collector.ovsdb). Ports OVSDB does not describe count towards their datapath only. "
+                + DIRECTION,
                 # The drops panel gets a line of its own: five series per bridge, and room for
                 # the text it shows without data.
                 width=24 if len(pairs) > 2 else 12,
@@ -629,10 +643,10 @@ def overview(limits: Thresholds) -> dash.Dashboard:
 
     board = board.with_row(dash.Row(f"Top {TOP_N} ports by traffic").id(ids()))
     for title, metric, unit in (
-        ("Received packets", "ovs:vport_receive_packets:rate5m", "pps"),
-        ("Transmitted packets", "ovs:vport_transmit_packets:rate5m", "pps"),
-        ("Received bytes", "ovs:vport_receive_bytes:rate5m", "Bps"),
-        ("Transmitted bytes", "ovs:vport_transmit_bytes:rate5m", "Bps"),
+        ("Received packets: from the VM/pod into the switch", "ovs:vport_receive_packets:rate5m", "pps"),
+        ("Transmitted packets: from the switch to the VM/pod", "ovs:vport_transmit_packets:rate5m", "pps"),
+        ("Received bytes: from the VM/pod into the switch", "ovs:vport_receive_bytes:rate5m", "Bps"),
+        ("Transmitted bytes: from the switch to the VM/pod", "ovs:vport_transmit_bytes:rate5m", "Bps"),
     ):
         board = board.with_panel(
             graph(
@@ -642,7 +656,7 @@ def overview(limits: Thresholds) -> dash.Dashboard:
                 [Query(top(metric), who)],
                 description=f"The {TOP_N} ports with the highest rate at each point in time, with their "
                 "bridge and VM or pod (iface_id, vm_uuid, pod_namespace, pod_name) where OVSDB describes "
-                "them (the exporter's --collector.ovsdb).",
+                f"them (the exporter's --collector.ovsdb). {DIRECTION}",
                 port_links=True,
             )
         )
@@ -718,7 +732,7 @@ def overview(limits: Thresholds) -> dash.Dashboard:
                     else "Per second, over 5 minutes."
                 )
                 + f" The {TOP_N} highest ports of each direction, among those where it is above 0, with "
-                "their bridge and VM or pod where OVSDB describes them (--collector.ovsdb).",
+                f"their bridge and VM or pod where OVSDB describes them (--collector.ovsdb). {DIRECTION}",
                 limit=limit,
                 port_links=True,
                 no_value=no_value,
@@ -963,20 +977,21 @@ def port_detail(limits: Thresholds) -> dash.Dashboard:
     board = board.with_panel(
         graph(
             ids,
-            "Packets",
+            "Packets: received from, transmitted to the VM/pod",
             "pps",
             [Query(rate("receive_packets"), "received"), Query(rate("transmit_packets"), "transmitted")],
-            description="Packets per second.",
+            description=f"Packets per second. {DIRECTION}",
             width=8,
         )
     )
     board = board.with_panel(
         graph(
             ids,
-            "Throughput",
+            "Throughput: received from, transmitted to the VM/pod",
             "Bps",
             [Query(rate("receive_bytes"), "received"), Query(rate("transmit_bytes"), "transmitted")],
-            description="Bytes per second.",
+            description=f"Bytes per second. {DIRECTION} An internal port's received bytes leave out the "
+            "14-byte Ethernet headers.",
             width=8,
         )
     )
@@ -989,7 +1004,7 @@ def port_detail(limits: Thresholds) -> dash.Dashboard:
                 Query(f"{rate('receive_bytes')} / ({rate('receive_packets')} > 0)", "received"),
                 Query(f"{rate('transmit_bytes')} / ({rate('transmit_packets')} > 0)", "transmitted"),
             ],
-            description="Bytes per packet.",
+            description=f"Bytes per packet. {DIRECTION}",
             width=8,
         )
     )
@@ -1001,7 +1016,9 @@ def port_detail(limits: Thresholds) -> dash.Dashboard:
             "Dropped packets",
             "pps",
             [Query(rate("receive_dropped"), "receive"), Query(rate("transmit_dropped"), "transmit")],
-            description="Packets dropped per second.",
+            description="Packets dropped per second: receive on the way into the switch, transmit what "
+            "the switch could not deliver (e.g. to a VM that does not read its queue fast enough); the "
+            "other way round on an internal port.",
             width=6,
         )
     )
@@ -1011,7 +1028,8 @@ def port_detail(limits: Thresholds) -> dash.Dashboard:
             "Drop ratio",
             "percentunit",
             [Query(ratio("receive", "dropped"), "receive"), Query(ratio("transmit", "dropped"), "transmit")],
-            description="dropped / (packets + dropped); the red line is the alert threshold.",
+            description="dropped / (packets + dropped), per direction as the port's device counts it (on "
+            "a VM's tap or a pod's veth, receive is into the switch); the red line is the alert threshold.",
             width=6,
             limit=limits.drop_ratio,
         )
@@ -1022,7 +1040,8 @@ def port_detail(limits: Thresholds) -> dash.Dashboard:
             "Packets with errors",
             "pps",
             [Query(rate("receive_errors"), "receive"), Query(rate("transmit_errors"), "transmit")],
-            description="Packets with errors per second.",
+            description="Packets with errors per second: receive on the way into the switch, transmit on "
+            "the way to the VM or pod; the other way round on an internal port.",
             width=6,
         )
     )
@@ -1032,7 +1051,8 @@ def port_detail(limits: Thresholds) -> dash.Dashboard:
             "Error ratio",
             "percentunit",
             [Query(ratio("receive", "errors"), "receive"), Query(ratio("transmit", "errors"), "transmit")],
-            description="errors / (packets + errors); the red line is the alert threshold.",
+            description="errors / (packets + errors), per direction as the port's device counts it (on "
+            "a VM's tap or a pod's veth, receive is into the switch); the red line is the alert threshold.",
             width=6,
             limit=limits.error_ratio,
         )
@@ -1045,7 +1065,8 @@ def port_detail(limits: Thresholds) -> dash.Dashboard:
             "Upcalls",
             "pps",
             [Query(rate("upcalls"), "all"), Query(rate("upcall_failures"), "failed")],
-            description="Packets of this port sent to userspace because no flow matched (kernel 6.2+).",
+            description="Packets of this port sent to userspace because no flow matched (kernel 6.2+); "
+            "traffic offloaded to tc flower or a NIC makes none.",
             no_value=NO_UPCALL_STATS,
         )
     )
@@ -1111,7 +1132,8 @@ def port_detail(limits: Thresholds) -> dash.Dashboard:
                 Query(f"ovs:datapath_lookup_misses:rate5m{{{dp}}}", "missed"),
                 Query(f"ovs:datapath_lookup_lost:rate5m{{{dp}}}", "lost"),
             ],
-            description="The whole datapath's lookups, from the recording rules (5-minute rates).",
+            description="The whole datapath's lookups, from the recording rules (5-minute rates). "
+            + NOT_OFFLOADED,
         )
     )
     board = board.with_panel(
@@ -1120,7 +1142,8 @@ def port_detail(limits: Thresholds) -> dash.Dashboard:
             "Flows and masks",
             "short",
             [Query(f"ovs_datapath_flows{{{dp}}}", "flows"), Query(f"ovs_datapath_masks{{{dp}}}", "masks")],
-            description="Flows and megaflow masks installed in the datapath.",
+            description="Flows and megaflow masks installed in the datapath's flow table, not those "
+            "offloaded to tc flower or a NIC.",
         )
     )
     return board

@@ -144,15 +144,6 @@ def check_keys(section: Mapping[str, Any], allowed: tuple[str, ...], where: str)
             raise ConfigError(f"{prefix}{key}: unknown key (known keys: {', '.join(allowed)})")
 
 
-def _string(section: Mapping[str, Any], key: str, where: str) -> str | None:
-    value = section.get(key)
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise ConfigError(f"{where}.{key}: must be a string, got {_type_name(value)}")
-    return value
-
-
 #: What a value of each kind must be, in the words the error uses, and its check.
 _KINDS: dict[str, Callable[[Any], bool]] = {
     "a string": lambda v: isinstance(v, str),
@@ -164,7 +155,7 @@ _KINDS: dict[str, Callable[[Any], bool]] = {
 }
 
 #: Every scalar or list key of the file: (section, key, kind, Config field). The filters
-#: section, a mapping of patterns, is read by _file_filters.
+#: section, a mapping of patterns, is read by _file_filters, with the same checker.
 _FILE_FIELDS: tuple[tuple[str, str, str, str], ...] = (
     ("web", "listen_address", "a string", "listen_address"),
     ("web", "telemetry_path", "a string", "telemetry_path"),
@@ -214,9 +205,9 @@ def _file_filters(section: Mapping[str, Any]) -> dict[str, dict[str, str]]:
         check_keys(rules, ("include", "exclude"), where)
         result[subject] = {}
         for rule in ("include", "exclude"):
-            value = _string(rules, rule, where)
+            value = rules.get(rule)
             if value is not None:
-                result[subject][rule] = value
+                result[subject][rule] = _file_value(value, "a string", f"{where}.{rule}")
     return result
 
 

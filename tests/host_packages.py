@@ -1,12 +1,33 @@
-"""The Debian packages that the test harnesses install on the host with apt-get (as root): the
-VM harness's QEMU and busybox (tests/vm/provision.py), the image build's podman and mmdebstrap
-(tests/image.py)."""
+"""The host's apt, as the test harnesses use it: the Debian packages they install with apt-get
+(as root), the VM harness's QEMU and busybox (tests/vm/provision.py) and the image build's
+podman and mmdebstrap (tests/image.py); and what both read of the machine's own apt setup, its
+Debian release and its source files, to fetch from wherever this machine's apt gets Debian."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 from collections.abc import Sequence
+from pathlib import Path
+
+APT_ETC = Path("/etc/apt")
+
+
+def os_codename(tag: str) -> str:
+    """This machine's Debian release (e.g. bookworm), from /etc/os-release; exits, logging as
+    ``[tag]``, when it does not say."""
+    for line in Path("/etc/os-release").read_text(encoding="utf-8").splitlines():
+        if line.startswith("VERSION_CODENAME="):
+            return line.split("=", 1)[1].strip().strip('"')
+    raise SystemExit(f"[{tag}] cannot tell the Debian codename from /etc/os-release")
+
+
+def apt_source_files() -> tuple[list[Path], list[Path]]:
+    """This machine's apt source files that exist: the one-line ones (``sources.list``,
+    ``sources.list.d/*.list``) and the deb822 ones (``sources.list.d/*.sources``)."""
+    one_line = [APT_ETC / "sources.list", *sorted(APT_ETC.glob("sources.list.d/*.list"))]
+    deb822 = sorted(APT_ETC.glob("sources.list.d/*.sources"))
+    return [f for f in one_line if f.is_file()], [f for f in deb822 if f.is_file()]
 
 
 def missing(packages: Sequence[str]) -> list[str]:

@@ -76,28 +76,14 @@ def install_host_packages() -> None:
 # --- the base image's tarball ----------------------------------------------------------------
 
 
-def os_codename() -> str:
-    for line in Path("/etc/os-release").read_text(encoding="utf-8").splitlines():
-        if line.startswith("VERSION_CODENAME="):
-            return line.split("=", 1)[1].strip().strip('"')
-    raise SystemExit("[image] cannot tell the Debian codename from /etc/os-release")
-
-
 def apt_source_files(codename: str) -> list[Path]:
     """The machine's apt source files that carry its own release: mmdebstrap's mirrors.
 
     mmdebstrap takes a sources file (one-line or deb822) as a mirror argument, signing keys
     included, so the base comes from wherever this machine's apt gets Debian."""
-    etc = Path("/etc/apt")
-    files = [
-        etc / "sources.list",
-        *sorted(etc.glob("sources.list.d/*.list")),
-        *sorted(etc.glob("sources.list.d/*.sources")),
-    ]
+    one_line, deb822 = host_packages.apt_source_files()
     suite = re.compile(rf"(^|\s){re.escape(codename)}(\s|$)", re.MULTILINE)
-    found = [
-        f for f in files if f.is_file() and suite.search(re.sub(r"#.*", "", f.read_text(encoding="utf-8")))
-    ]
+    found = [f for f in one_line + deb822 if suite.search(re.sub(r"#.*", "", f.read_text(encoding="utf-8")))]
     if not found:
         raise SystemExit(f"[image] no apt source file of this machine carries {codename!r}")
     return found
@@ -105,7 +91,7 @@ def apt_source_files(codename: str) -> list[Path]:
 
 def base_tarball() -> Path:
     """The cached base tarball; its name changes with anything that would change its content."""
-    codename = os_codename()
+    codename = host_packages.os_codename("image")
     sources = apt_source_files(codename)
     key = hashlib.sha256(
         "\n".join(

@@ -69,60 +69,89 @@ def _upcall_failures(records: Sequence[tuple[int, ...]]) -> tuple[int, ...]:
     return tuple(map(_FAIL, records))
 
 
+# Which way a vport's counters point: they are its network device's own, as the device sees
+# them (ovs_vport_get_stats() reads dev_get_stats(), net/openvswitch/vport.c). A VM's tap
+# (drivers/net/tun.c) and a pod's veth host end (drivers/net/veth.c: its receive is its peer's
+# transmit) receive what the VM or pod sends into the switch. An internal port is the other way
+# round (net/openvswitch/vport-internal_dev.c): the host's stack transmits into the switch
+# through it (internal_dev_xmit), and it receives what the switch delivers to the host
+# (internal_dev_recv, which counts the bytes once the Ethernet header is pulled). Being the
+# device's, they also count traffic that tc flower or a NIC forwarded without the kernel's flow
+# table ("offloaded"), which the datapath's lookups, flows, masks and upcalls never see.
 _S = VportStats._fields
 VPORT_COUNTERS: tuple[VportCounter, ...] = (
     VportCounter(
         "ovs_vport_receive_packets",
-        "Packets received by the vport (ovs_vport_stats.rx_packets).",
+        "Packets received by the vport's device (ovs_vport_stats.rx_packets): for a VM's tap or a"
+        " pod's veth what the VM or pod sent into the switch, for an internal port (a bridge's or"
+        " the datapath's own port) what the switch delivered to the host. Includes traffic offloaded"
+        " to tc flower or a NIC.",
         _STATS,
         _stat(_S.index("rx_packets")),
     ),
     VportCounter(
         "ovs_vport_transmit_packets",
-        "Packets transmitted by the vport (ovs_vport_stats.tx_packets).",
+        "Packets transmitted by the vport's device (ovs_vport_stats.tx_packets): for a VM's tap or a"
+        " pod's veth what the switch delivered to the VM or pod, for an internal port (a bridge's or"
+        " the datapath's own port) what the host sent into the switch. Includes traffic offloaded to"
+        " tc flower or a NIC.",
         _STATS,
         _stat(_S.index("tx_packets")),
     ),
     VportCounter(
         "ovs_vport_receive_bytes",
-        "Bytes received by the vport (ovs_vport_stats.rx_bytes).",
+        "Bytes received by the vport's device (ovs_vport_stats.rx_bytes): for a VM's tap or a pod's"
+        " veth what the VM or pod sent into the switch, for an internal port (a bridge's or the datapath's"
+        " own port) what the switch delivered to the host, less Ethernet headers. Includes traffic"
+        " offloaded to tc flower or a NIC.",
         _STATS,
         _stat(_S.index("rx_bytes")),
     ),
     VportCounter(
         "ovs_vport_transmit_bytes",
-        "Bytes transmitted by the vport (ovs_vport_stats.tx_bytes).",
+        "Bytes transmitted by the vport's device (ovs_vport_stats.tx_bytes): for a VM's tap or a"
+        " pod's veth what the switch delivered to the VM or pod, for an internal port (a bridge's or"
+        " the datapath's own port) what the host sent into the switch. Includes traffic offloaded to"
+        " tc flower or a NIC.",
         _STATS,
         _stat(_S.index("tx_bytes")),
     ),
     VportCounter(
         "ovs_vport_receive_errors",
-        "Receive errors on the vport (ovs_vport_stats.rx_errors).",
+        "Receive errors of the vport's device (ovs_vport_stats.rx_errors): for a VM's tap or a pod's"
+        " veth on the way into the switch, for an internal port on the way from the switch to the"
+        " host.",
         _STATS,
         _stat(_S.index("rx_errors")),
     ),
     VportCounter(
         "ovs_vport_transmit_errors",
-        "Transmit errors on the vport (ovs_vport_stats.tx_errors).",
+        "Transmit errors of the vport's device (ovs_vport_stats.tx_errors): for a VM's tap or a pod's"
+        " veth on the way to the VM or pod, for an internal port on the way from the host into the"
+        " switch.",
         _STATS,
         _stat(_S.index("tx_errors")),
     ),
     VportCounter(
         "ovs_vport_receive_dropped",
-        "Received packets dropped by the vport (ovs_vport_stats.rx_dropped).",
+        "Received packets the vport's device dropped (ovs_vport_stats.rx_dropped): for a VM's tap or"
+        " a pod's veth on the way into the switch, for an internal port on the way from the switch to"
+        " the host.",
         _STATS,
         _stat(_S.index("rx_dropped")),
     ),
     VportCounter(
         "ovs_vport_transmit_dropped",
-        "Packets dropped on transmit by the vport (ovs_vport_stats.tx_dropped).",
+        "Packets the vport's device dropped on transmit (ovs_vport_stats.tx_dropped): for a VM's tap"
+        " or a pod's veth what the switch could not deliver to the VM or pod (a VM that does not read"
+        " its queue), for an internal port on the way from the host into the switch.",
         _STATS,
         _stat(_S.index("tx_dropped")),
     ),
     VportCounter(
         "ovs_vport_upcalls",
-        "Upcalls from the vport to userspace, successful or not"
-        " (OVS_VPORT_UPCALL_ATTR_SUCCESS + FAIL; kernel 6.2+).",
+        "Upcalls from the vport to userspace, successful or not (OVS_VPORT_UPCALL_ATTR_SUCCESS +"
+        " FAIL; kernel 6.2+); traffic offloaded to tc flower or a NIC makes none.",
         _UPCALL_STATS,
         _upcalls,
     ),
@@ -185,25 +214,29 @@ DATAPATH_METRICS: tuple[DatapathMetric, ...] = (
     DatapathMetric(
         "ovs_datapath_lookup_hits",
         "counter",
-        "Packets that matched an existing flow (ovs_dp_stats.n_hit).",
+        "Packets that matched an existing flow (ovs_dp_stats.n_hit); traffic offloaded to tc flower or"
+        " a NIC is not looked up here.",
         _dp_stat("hits"),
     ),
     DatapathMetric(
         "ovs_datapath_lookup_misses",
         "counter",
-        "Packets that matched no flow and were sent to userspace (ovs_dp_stats.n_missed).",
+        "Packets that matched no flow and were sent to userspace (ovs_dp_stats.n_missed); traffic"
+        " offloaded to tc flower or a NIC is not looked up here.",
         _dp_stat("missed"),
     ),
     DatapathMetric(
         "ovs_datapath_lookup_lost",
         "counter",
-        "Packets that matched no flow and could not be sent to userspace (ovs_dp_stats.n_lost).",
+        "Packets that matched no flow and could not be sent to userspace (ovs_dp_stats.n_lost);"
+        " traffic offloaded to tc flower or a NIC is not looked up here.",
         _dp_stat("lost"),
     ),
     DatapathMetric(
         "ovs_datapath_flows",
         "gauge",
-        "Flows in the datapath's flow table (ovs_dp_stats.n_flows).",
+        "Flows in the datapath's flow table (ovs_dp_stats.n_flows); flows offloaded to tc flower or a"
+        " NIC are not in it.",
         _dp_stat("flows"),
     ),
     DatapathMetric(
@@ -215,13 +248,15 @@ DATAPATH_METRICS: tuple[DatapathMetric, ...] = (
     DatapathMetric(
         "ovs_datapath_mask_hits",
         "counter",
-        "Masks visited to find matching flows (ovs_dp_megaflow_stats.n_mask_hit).",
+        "Masks visited to find matching flows (ovs_dp_megaflow_stats.n_mask_hit); traffic offloaded to"
+        " tc flower or a NIC is not looked up here.",
         _megaflow_stat("mask_hits"),
     ),
     DatapathMetric(
         "ovs_datapath_mask_cache_hits",
         "counter",
-        "Lookups answered by the mask cache (ovs_dp_megaflow_stats.n_cache_hit).",
+        "Lookups answered by the mask cache (ovs_dp_megaflow_stats.n_cache_hit); traffic offloaded to"
+        " tc flower or a NIC is not looked up here.",
         _megaflow_stat("cache_hits"),
     ),
     DatapathMetric(

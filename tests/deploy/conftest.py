@@ -13,7 +13,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import ssl
 import subprocess
 import sys
@@ -29,6 +28,8 @@ from typing import Any, NoReturn
 
 import pytest
 import yaml
+
+from tests import loopback
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "helm" / "ovs-vport-exporter"
@@ -201,13 +202,6 @@ _SANDBOX = (
 )
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def _get(url: str, context: ssl.SSLContext | None, authorization: str | None) -> tuple[int, str]:
     request = urllib.request.Request(url, headers={"Authorization": authorization} if authorization else {})
     try:
@@ -235,7 +229,7 @@ def run_exporter() -> Callable[..., Scrape]:
         ca_file: Path | None = None,
         basic_auth: tuple[str, str] | None = None,
     ) -> Scrape:
-        port = _free_port()
+        port = loopback.free_port()
         flags = [f for f in flags if not f.startswith("--web.listen-address")]
         flags.append(f"--web.listen-address=127.0.0.1:{port}")
         scheme = "https" if ca_file else "http"
@@ -341,4 +335,4 @@ def serving() -> Callable[..., AbstractContextManager[Serving]]:
 
 @pytest.fixture(scope="session")
 def free_port() -> Callable[[], int]:
-    return _free_port
+    return loopback.free_port

@@ -14,6 +14,11 @@ from contextlib import contextmanager
 
 #: From <sched.h>; Python 3.11's os module has no setns.
 CLONE_NEWNET = 0x40000000
+#: No IPv6 in a namespace the tests make: its router solicitations and MLD reports would keep
+#: counters moving. Written into each new namespace before any device is in it: a new namespace
+#: starts with IPv6 on, whatever the guest's own namespace says, and a device moved in takes the
+#: namespace's default.
+NO_IPV6 = {"net.ipv6.conf.all.disable_ipv6": "1", "net.ipv6.conf.default.disable_ipv6": "1"}
 
 _libc = ctypes.CDLL(None, use_errno=True)
 

@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from . import ovsnl
+from .netns import NO_IPV6, write_sysctl
 from .ovsnl import OvsNetlink
 from .promtext import Scrape
 
@@ -30,6 +31,13 @@ def ip_batch(lines: list[str], netns: str | None = None) -> None:
     res = subprocess.run(cmd, input="\n".join(lines) + "\n", capture_output=True, text=True, timeout=60)
     if res.returncode:
         raise RuntimeError(f"{' '.join(cmd)} failed: {res.stderr.strip()}\n" + "\n".join(lines))
+
+
+def add_netns(*names: str) -> None:
+    """Create these named network namespaces (one ``ip`` process), each with IPv6 off (NO_IPV6)."""
+    ip_batch([f"netns add {name}" for name in names])
+    for name in names:
+        write_sysctl(name, NO_IPV6)
 
 
 def link_exists(name: str) -> bool:
@@ -117,7 +125,7 @@ class Topology:
         return ifindex
 
     def add_netns(self, name: str) -> None:
-        sh("ip", "netns", "add", name)
+        add_netns(name)
         self.netns.append(name)
         ip_batch(["link set lo up"], netns=name)
 
@@ -187,33 +195,91 @@ def standard_topology(nl: OvsNetlink) -> Iterator[Topology]:
 PING_OVERHEAD = 14 + 20 + 8
 
 
-def ping(spec: DatapathSpec, count: int, size: int = 56, interval: float = 0.05) -> str:
-    """Ping the datapath's local port from the namespace; every echo must come back."""
+def ping_from(netns: str, ip: str, count: int, size: int = 56, interval: float = 0.05) -> str:
+    """Ping ``ip`` from namespace ``netns`` (busybox's ping); every echo must come back."""
     res = sh(
-        "ip", "netns", "exec", spec.netns, "busybox", "ping", "-q", "-c", str(count), "-s", str(size),
-        "-i", str(interval), "-W", "5", spec.local_ip,
+        "ip", "netns", "exec", netns, "busybox", "ping", "-q", "-c", str(count), "-s", str(size),
+        "-i", str(interval), "-W", "5", ip,
         check=False, timeout=30 + count * (interval + 1),
     )  # fmt: skip
     if f"{count} packets received" not in res.stdout:
-        raise AssertionError(f"ping from {spec.netns} lost packets: {res.stdout}{res.stderr}")
+        raise AssertionError(f"ping {netns} -> {ip} lost packets: {res.stdout}{res.stderr}")
     return res.stdout
 
 
-def background_ping(spec: DatapathSpec, size: int = 56, interval: float = 0.2) -> subprocess.Popen[bytes]:
+def background_ping_from(
+    netns: str, ip: str, size: int = 56, interval: float = 0.2
+) -> subprocess.Popen[bytes]:
+    """Ping ``ip`` from namespace ``netns`` until the process is stopped."""
     return subprocess.Popen(
-        ["ip", "netns", "exec", spec.netns, "busybox", "ping", "-q", "-s", str(size), "-i", str(interval),
-         spec.local_ip],
+        ["ip", "netns", "exec", netns, "busybox", "ping", "-q", "-s", str(size), "-i", str(interval), ip],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
 
 
+def ping(spec: DatapathSpec, count: int, size: int = 56, interval: float = 0.05) -> str:
+    """Ping the datapath's local port from the namespace; every echo must come back."""
+    return ping_from(spec.netns, spec.local_ip, count, size, interval)
+
+
+def background_ping(spec: DatapathSpec, size: int = 56, interval: float = 0.2) -> subprocess.Popen[bytes]:
+    return background_ping_from(spec.netns, spec.local_ip, size, interval)
+
+
+#: The EtherType of send_frames' frames: IEEE 802's "local experimental EtherType 1", which no
+#: protocol of the host's stack takes.
+EXPERIMENTAL_ETHERTYPE = 0x88B5
+#: Bytes of a send_frames frame before its payload: destination and source MAC, EtherType and a
+#: sequence number.
+FRAME_HEADER = 6 + 6 + 2 + 4
+#: The Ethernet header alone (destination, source, EtherType).
+ETH_HLEN = 14
+
+
 def send_frames(ifname: str, count: int, payload_len: int = 64) -> None:
-    """Send ``count`` raw Ethernet frames out of ``ifname`` (an experimental EtherType)."""
+    """Send ``count`` raw Ethernet frames out of ``ifname`` (an experimental EtherType), each
+    ``FRAME_HEADER + payload_len`` bytes long; from the namespace the calling thread is in."""
     with socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as s:
         s.bind((ifname, 0))
         for i in range(count):
-            frame = bytes.fromhex("020000000001020000000002") + struct.pack("!HI", 0x88B5, i)
+            frame = bytes.fromhex("020000000001020000000002") + struct.pack("!HI", EXPERIMENTAL_ETHERTYPE, i)
             s.send(frame + b"\0" * payload_len)
+
+
+#: ETH_P_ALL (include/uapi/linux/if_ether.h): a packet socket of this protocol sees every frame
+#: its device receives or sends.
+ETH_P_ALL = 0x0003
+
+
+def ethertype(frame: bytes) -> int:
+    return int.from_bytes(frame[12:14], "big")
+
+
+class FrameTap:
+    """A packet socket on ``ifname``, in the calling thread's namespace: it takes the frames of
+    ``protocol`` that the device receives (``ETH_P_ALL``: every frame it receives or sends).
+
+    Opened before send_frames' frames arrive, a tap of their EtherType is the handler the
+    host's stack delivers them to: without one, a frame of an EtherType no protocol takes is
+    counted as the device's ``rx_dropped``.
+    """
+
+    def __init__(self, ifname: str, protocol: int = EXPERIMENTAL_ETHERTYPE) -> None:
+        self._sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(protocol))
+        self._sock.bind((ifname, protocol))  # bind converts to network order itself
+        self._sock.setblocking(False)
+
+    def take(self) -> list[bytes]:
+        """The frames that arrived since the last call."""
+        frames = []
+        try:
+            while True:
+                frames.append(self._sock.recv(1 << 16))
+        except BlockingIOError:
+            return frames
+
+    def close(self) -> None:
+        self._sock.close()
 
 
 # --- ovs-dpctl ----------------------------------------------------------------------------------

@@ -27,10 +27,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .netns import write_sysctl
 from .procs import Process
 from .promtext import Labels
-from .topology import DpctlDatapath, ip_batch, parse_dpctl_show, sh
+from .topology import (
+    DpctlDatapath,
+    add_netns,
+    background_ping_from,
+    ip_batch,
+    parse_dpctl_show,
+    ping_from,
+    sh,
+)
 
 HOST_NS = "ovs-host"
 RUNDIR = Path("/run/openvswitch")
@@ -48,8 +55,6 @@ DATAPATH = "ovs-system"
 #: OVS 3.1.0 counts the CPUs only once CLOCK_MONOTONIC passes 10 s; a vswitchd started earlier
 #: creates no upcall handlers and every miss is lost for good (fixed in 3.1.1).
 VSWITCHD_MIN_UPTIME = 11.0
-#: No IPv6: its router solicitations and MLD reports would keep counters moving.
-NO_IPV6 = {"net.ipv6.conf.all.disable_ipv6": "1", "net.ipv6.conf.default.disable_ipv6": "1"}
 SUBNET = "198.18.20"
 SYSTEM_ID = "5d8a2d52-3c1b-4d0e-9f57-0c9a8f2b1e44"
 
@@ -272,21 +277,11 @@ def uptime() -> float:
 
 def ping(src: Guest, dst: Guest | str, count: int, size: int = 56, interval: float = 0.05) -> None:
     """Ping ``dst`` (a guest or an address) from ``src``; every echo must come back."""
-    ip = dst if isinstance(dst, str) else dst.ip
-    res = sh(
-        "ip", "netns", "exec", src.netns, "busybox", "ping", "-q", "-c", str(count), "-s", str(size),
-        "-i", str(interval), "-W", "5", ip,
-        check=False, timeout=30 + count * (interval + 1),
-    )  # fmt: skip
-    if f"{count} packets received" not in res.stdout:
-        raise AssertionError(f"ping {src.netns} -> {ip} lost packets: {res.stdout}{res.stderr}")
+    ping_from(src.netns, dst if isinstance(dst, str) else dst.ip, count, size, interval)
 
 
 def background_ping(src: Guest, dst: Guest, interval: float = 0.2) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        ["ip", "netns", "exec", src.netns, "busybox", "ping", "-q", "-i", str(interval), dst.ip],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    return background_ping_from(src.netns, dst.ip, interval=interval)
 
 
 def background_misses(src: Guest, dst: Guest, interval: float = 0.5) -> subprocess.Popen[bytes]:
@@ -381,10 +376,8 @@ class OvsHost:
 
     def _build_namespaces(self) -> None:
         names = [HOST_NS, *(g.netns for g in self.guests)]
-        ip_batch([f"netns add {n}" for n in names])
+        add_netns(*names)
         self.netns = names
-        for n in names:
-            write_sysctl(n, NO_IPV6)
         lines = [
             f"link add mgmt0 type veth peer name mgmt1 netns {HOST_NS}",
             f"addr add {MGMT_HOST_IP}/24 dev mgmt0",
@@ -405,9 +398,8 @@ class OvsHost:
 
     def add_guest(self, g: Guest) -> None:
         """Plug one more guest into its bridge, as a CNI or os-vif would (one ovs-vsctl call)."""
-        ip_batch([f"netns add {g.netns}"])
+        add_netns(g.netns)
         self.netns.append(g.netns)
-        write_sysctl(g.netns, NO_IPV6)
         ip_batch(
             [f"link add {g.port} netns {HOST_NS} type veth peer name eth0 netns {g.netns} address {g.mac}"]
         )

@@ -18,7 +18,6 @@ import json
 import math
 import random
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -30,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tests import loopback
 from tests.promql_inventory import RULES_PATH, all_exprs
 
 STEP = 15  # seconds between samples, as a typical scrape interval
@@ -250,11 +250,8 @@ def openmetrics(families: dict[str, Family], end: float) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+#: Backfilled blocks are as old as the synthetic data: keep them, whatever the default retention.
+RETENTION = "--storage.tsdb.retention.time=30d"
 
 
 @contextmanager
@@ -262,43 +259,8 @@ def prometheus_server(
     prometheus: Path, data: Path, workdir: Path, config_text: str = "global:\n  evaluation_interval: 1m\n"
 ) -> Iterator[str]:
     """Run prometheus on ``data`` (by default no scrapes, no rules) until the block exits; yields its URL."""
-    config = workdir / "prometheus.yml"
-    config.write_text(config_text, encoding="utf-8")
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    log = (workdir / "prometheus.log").open("ab")
-    process = subprocess.Popen(
-        [
-            str(prometheus),
-            f"--config.file={config}",
-            f"--storage.tsdb.path={data}",
-            "--storage.tsdb.retention.time=30d",
-            f"--web.listen-address=127.0.0.1:{port}",
-        ],
-        stdout=log,
-        stderr=log,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/-/ready", timeout=1) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"prometheus did not start; see {workdir / 'prometheus.log'}")
-            time.sleep(0.1)
+    with loopback.prometheus(prometheus, data, workdir, config_text, args=(RETENTION,)) as url:
         yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
 
 
 def build_tsdb(promtool: Path, prometheus: Path, workdir: Path, end: float) -> Path:

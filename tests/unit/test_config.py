@@ -81,6 +81,7 @@ def test_every_file_key_is_read() -> None:
         ),
         ("filters: {ports: {}}\n", "filters.ports: unknown key (known keys: datapath, port, vport_type)"),
         ("filters: {port: {only: x}}\n", "filters.port.only: unknown key"),
+        ("filters: {port: {exclude: 5}}\n", "filters.port.exclude: must be a string, got int"),
         (
             "collector: {vport_metric: []}\n",
             "collector.vport_metric: unknown key (known keys: vport_metrics, events, flows, flows_interval_seconds, flows_max_flows, flows_max_seconds)",

@@ -101,10 +101,7 @@ class DebianSource:
 
 
 def os_codename() -> str:
-    for line in Path("/etc/os-release").read_text().splitlines():
-        if line.startswith("VERSION_CODENAME="):
-            return line.split("=", 1)[1].strip().strip('"')
-    sys.exit("[vm-setup] cannot tell the Debian codename from /etc/os-release")
+    return host_packages.os_codename("vm-setup")
 
 
 def _deb822_stanzas(text: str) -> list[dict[str, str]]:
@@ -133,19 +130,16 @@ def _deb822_stanzas(text: str) -> list[dict[str, str]]:
 
 def system_debian_source(codename: str) -> DebianSource:
     """The apt source of the machine that carries the ``codename`` suite itself."""
-    apt_etc = Path("/etc/apt")
+    one_line, deb822 = host_packages.apt_source_files()
     candidates: list[DebianSource] = []
-    for path in sorted(apt_etc.glob("sources.list.d/*.sources")):
+    for path in deb822:
         for st in _deb822_stanzas(path.read_text()):
             if st.get("enabled", "yes").lower() == "no" or "deb" not in st.get("types", "").split():
                 continue
             if codename in st.get("suites", "").split():
                 for uri in st.get("uris", "").split():
                     candidates.append(DebianSource(uri, st.get("signed-by")))
-    one_line = [apt_etc / "sources.list", *sorted(apt_etc.glob("sources.list.d/*.list"))]
     for path in one_line:
-        if not path.is_file():
-            continue
         for line in path.read_text().splitlines():
             m = re.match(r"^\s*deb\s+(?:\[(?P<opts>[^\]]*)\]\s+)?(?P<uri>\S+)\s+(?P<suite>\S+)", line)
             if not m or m["suite"] != codename:
