@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 ARGS ?=
 
-.PHONY: setup run test lint test-unit tools test-vm demo bench bench-vm series clean
+.PHONY: setup run test lint test-unit tools test-vm demo bench bench-vm bench-flows-vm series clean
 
 # One virtualenv, two stamps: `make run` installs the runtime dependencies only (light and quick),
 # the test targets add the test extras on top. Either order works, and each stamp is redone when
@@ -77,15 +77,23 @@ demo: setup
 	$(BIN)/python -m tests.vm demo
 
 ## The scrape and load benchmarks against their baseline (docs/performance.md); the scrape one in the VM;
-## then a scrape with and without the port event listener, side by side.
+## then a scrape with and without the port event listener, side by side, and with a 200,000-flow
+## dump running in a thread, in the flow collector's worker process, or not at all.
 bench: setup
 	$(BIN)/python -m benchmarks.scrape
 	$(BIN)/python -m benchmarks.load
 	$(BIN)/python -m benchmarks.events
+	$(BIN)/python -m benchmarks.flows
 
 bench-vm: setup
 	bash tests/vm/setup.sh
 	$(BIN)/python -m tests.vm run --kernel 6.12 --quiet -- python -m benchmarks.vm_compare --vports 3000 --runs 15
+
+## The flow dump against ovs-dpctl dump-flows on real tables of 1,000 to 200,000 flows, then a scrape
+## of 10,000 vports with a 200,000-flow dump running, in the VM (about 20 minutes).
+bench-flows-vm: setup
+	bash tests/vm/setup.sh
+	$(BIN)/python -m tests.vm run --kernel 6.12 --quiet --timeout 5400 -- python -m benchmarks.flows_vm --scrape-vports 10000
 
 ## Series a host costs in Prometheus at 100, 1,000 and 10,000 vports (docs/fleet.md).
 series: setup tools

@@ -102,6 +102,11 @@ VPORT_INFO = "ovs_vport_info"
 VPORT_JOIN = "instance, job, netns, datapath, port"
 # The per-port counters summed per device kind: traffic, the dashboards' tunnels-against-workloads view.
 DEVICE_KIND_COUNTERS = DENSE_PORT_RATES
+# The flow collector's drop counters (--collector.flows): packets its drop flows matched, per
+# port and reason (OVS's name for the drop's error code, "unspecified" for empty actions).
+FLOW_DROPPED_PACKETS = "ovs_vport_flow_dropped_packets_total"
+# Labels that tie a flow collector series to its datapath (netns: --collector.netns).
+DATAPATH_JOIN = "instance, job, netns, datapath"
 # Per-datapath counters (ovs_dp_stats, ovs_dp_megaflow_stats).
 DATAPATH_COUNTERS = (
     "lookup_hits",
@@ -132,6 +137,17 @@ def datapath_rate(counter: str) -> str:
 def vport_ratio(kind: str) -> str:
     """Name of a recorded per-port ratio, e.g. ``receive_drop``."""
     return f"ovs:vport_{kind}_ratio:rate{WINDOW}"
+
+
+def flow_drop_rate(kind: str) -> str:
+    """Name of the recorded rate of the packets drop flows matched, per ``vport`` (every reason
+    summed) or per ``datapath`` (every port summed, per reason)."""
+    return f"ovs:{kind}_flow_dropped_packets:rate{WINDOW}"
+
+
+def raw_flow_drop_rate(selector: str = "") -> str:
+    """The packets a port's drop flows matched per second, every reason summed, from the counter."""
+    return f"sum without (reason) (rate({FLOW_DROPPED_PACKETS}{selector}[{WINDOW}]))"
 
 
 def bridge_rate(counter: str) -> str:
@@ -180,6 +196,7 @@ class AlertSettings:
     severity: str
     threshold: float = 0.0
     min_rate: float = 0.0
+    min_flows: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -201,6 +218,9 @@ class Config:
     port_churn: AlertSettings
     broken_workload_port: AlertSettings
     workload_selector: str
+    flow_drops: AlertSettings
+    flow_table_hog: AlertSettings
+    flow_dumps_failing: AlertSettings
 
 
 def _alert_settings(
@@ -209,11 +229,12 @@ def _alert_settings(
     threshold_key: str | None,
     min_key: str | None = None,
     text_keys: tuple[str, ...] = (),
+    min_flows_key: str | None = None,
 ) -> AlertSettings:
     section = raw.get(key)
     if not isinstance(section, dict):
         raise ValueError(f"config: {key!r} must be a mapping")
-    allowed = {"for", "severity", *text_keys} | {k for k in (threshold_key, min_key) if k}
+    allowed = {"for", "severity", *text_keys} | {k for k in (threshold_key, min_key, min_flows_key) if k}
     unknown = set(section) - allowed
     if unknown:
         raise ValueError(f"config: unknown keys in {key!r}: {sorted(unknown)}")
@@ -223,7 +244,10 @@ def _alert_settings(
         raise ValueError(f"config: {key!r} needs string 'for' and 'severity'")
     threshold = float(section[threshold_key]) if threshold_key else 0.0
     min_rate = float(section[min_key]) if min_key else 0.0
-    return AlertSettings(for_=for_, severity=severity, threshold=threshold, min_rate=min_rate)
+    min_flows = float(section[min_flows_key]) if min_flows_key else 0.0
+    return AlertSettings(
+        for_=for_, severity=severity, threshold=threshold, min_rate=min_rate, min_flows=min_flows
+    )
 
 
 def _text_setting(raw: dict[str, Any], key: str, name: str) -> str:
@@ -270,6 +294,9 @@ def load_config(path: Path = CONFIG_PATH) -> Config:
             raw, "broken_workload_port", None, text_keys=("workload_selector",)
         ),
         workload_selector=_text_setting(raw, "broken_workload_port", "workload_selector"),
+        flow_drops=_alert_settings(raw, "flow_drops", "threshold_per_second"),
+        flow_table_hog=_alert_settings(raw, "flow_table_hog", "share", min_flows_key="min_flows"),
+        flow_dumps_failing=_alert_settings(raw, "flow_dumps_failing", None),
     )
 
 
@@ -311,6 +338,9 @@ def port_trouble_rules(config: Config) -> list[dict[str, Any]]:
     for kind, bad, offered in PORT_RATIOS:
         if all(_served(counter, config) for counter in (bad, *offered)):
             rules.append({"record": vport_ratio(kind), "expr": f"(\n{raw_ratio(bad, offered)}\n) > 0\n"})
+    # What drop flows matched (--collector.flows): only ports with drop flows have the counter,
+    # and only those where it grows get a recorded rate.
+    rules.append({"record": flow_drop_rate("vport"), "expr": f"{raw_flow_drop_rate()} > 0"})
     return rules
 
 
@@ -324,6 +354,12 @@ def aggregate_rules(config: Config) -> list[dict[str, Any]]:
         rules.append(
             {"record": datapath_rate(counter), "expr": f"rate(ovs_datapath_{counter}_total[{WINDOW}])"}
         )
+    rules.append(
+        {
+            "record": flow_drop_rate("datapath"),
+            "expr": f"sum without (port) (rate({FLOW_DROPPED_PACKETS}[{WINDOW}]))",
+        }
+    )
     # Per bridge, from OVSDB's identity of each port. Without ovs_interface_info the join is
     # empty and nothing is recorded; max by () keeps one info series per port whatever other
     # labels (external_ids) it carries.
@@ -452,8 +488,12 @@ def all_alerting_rules(config: Config) -> list[dict[str, Any]]:
     handlers = config.no_upcall_handlers
     churn = config.port_churn
     broken = config.broken_workload_port
+    flow_drops = config.flow_drops
+    hog = config.flow_table_hog
+    dumps = config.flow_dumps_failing
     lost_rate = '{{ printf "%.2f" $value }}'
     duration = "{{ $value | humanizeDuration }}"
+    netns = "{{ with $labels.netns }} (network namespace {{ . }}){{ end }}"
     return [
         _port_ratio_alert("OvsVportReceiveDropsHigh", "receive", "drop", config.drop_ratio, min_pps),
         _port_ratio_alert("OvsVportTransmitDropsHigh", "transmit", "drop", config.drop_ratio, min_pps),
@@ -538,6 +578,48 @@ def all_alerting_rules(config: Config) -> list[dict[str, Any]]:
             f'{{{{ printf "%.0f" $value }}}} per minute over the last {WINDOW} (threshold '
             f"{_num(churn.threshold)}/min) for {churn.for_}: a VM or pod in a boot loop, or a flapping CNI "
             "or agent. Ports that live shorter than a scrape interval show only here.",
+        ),
+        _alert(
+            "OvsVportDropFlowsHigh",
+            f"{raw_flow_drop_rate()} > {_num(flow_drops.threshold)}\n",
+            flow_drops,
+            f"OVS port {PORT}{IDENTITY} on datapath {DATAPATH} ({INSTANCE}): drop flows match "
+            f'{{{{ printf "%.0f" $value }}}} of its packets per second.',
+            f'On {INSTANCE}, kernel flows that drop matched {{{{ printf "%.0f" $value }}}} packets per '
+            f"second coming in through OVS port {PORT}{IDENTITY} of datapath {DATAPATH} over the last "
+            f"{WINDOW} (threshold {_num(flow_drops.threshold)}/s, a lower bound) for {flow_drops.for_}."
+            " The reason label of ovs_vport_flow_dropped_packets_total says why (of_pipeline or"
+            " unspecified: the OpenFlow tables chose to drop, usually an ACL or security group, or no"
+            " route). Runbook: check the port's ACLs or security group rules (OVN: ovn-nbctl acl-list,"
+            " ovn-trace; OpenStack: the port's security groups), then trace one of its packets with"
+            " ovs-appctl ofproto/trace br-int in_port=<its ofport>,<the packet's fields> to see the rule"
+            " that drops it.",
+        ),
+        _alert(
+            "OvsFlowTableHeldByOnePort",
+            f"ovs_vport_flows\n/ on ({DATAPATH_JOIN}) group_left\novs_datapath_flow_dump_flows\n"
+            f"> {_num(hog.threshold)}\nand on ({DATAPATH_JOIN})\n"
+            f"ovs_datapath_flow_dump_flows >= {_num(hog.min_flows)}\n",
+            hog,
+            f"OVS port {PORT}{IDENTITY} holds {PERCENT} of the flow table of datapath {DATAPATH}"
+            f" ({INSTANCE}).",
+            f"On {INSTANCE}, {PERCENT} of the megaflows in datapath {DATAPATH}'s flow table (at least "
+            f"{_num(hog.min_flows)} flows; threshold {_percent(hog.threshold)}) start at OVS port {PORT}"
+            f"{IDENTITY} for {hog.for_}: one VM or pod (a scan, a flood of new connections) is filling "
+            "the table. Past ovs-vswitchd's flow limit (other_config:flow-limit, 200,000 by default) new "
+            "flows are refused and their packets go to userspace, for every port. Look at what the port "
+            "sends (ovs-appctl dpctl/dump-flows, filtered on its in_port).",
+        ),
+        _alert(
+            "OvsFlowDumpsFailing",
+            'ovs_scrape_collector_success{collector="flows"} == 0\n',
+            dumps,
+            f"The OVS vport exporter on {INSTANCE}{netns} cannot complete its flow dumps.",
+            f"The flow collector of the OVS vport exporter on {INSTANCE}{netns} has had no complete, "
+            f"current flow dump for {dumps.for_}: the per-port megaflow gauges (ovs_vport_flows) are not "
+            "served and the drop-flow counters stand still. The exporter's log says why; if "
+            "ovs_datapath_flow_dumps_abandoned_total grows, the table is over the cap: raise "
+            "--collector.flows.max-flows or --collector.flows.max-seconds.",
         ),
     ]
 

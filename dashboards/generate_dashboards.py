@@ -75,6 +75,7 @@ IDENTITY_LEGEND = " ".join(f"{{{{{label}}}}}" for label in IDENTITY_LABELS)
 # Vport table above it already has.
 IDENTITY_HIDDEN = ("Time", "Value", "__name__", "job", "instance", "datapath", "port")
 NO_OVSDB = "needs --collector.ovsdb"
+NO_FLOWS = "needs --collector.flows"
 # Which way a port's counters point, for every panel that shows them: as its device counts
 # (the README's "Which way the counters point"; tests/kernel/test_counters.py proves it).
 DIRECTION = (
@@ -125,6 +126,8 @@ class Thresholds:
     upcall_failure_ratio: float
     scrape_seconds: float
     port_churn_per_minute: float
+    flow_drops_per_second: float
+    flow_table_share: float
     record_per_port: bool = True
 
 
@@ -139,6 +142,8 @@ def load_thresholds(path: Path = CONFIG_PATH) -> Thresholds:
         upcall_failure_ratio=float(raw["upcall_failure_ratio"]["threshold"]),
         scrape_seconds=float(raw["scrape_slow"]["threshold_seconds"]),
         port_churn_per_minute=float(raw["port_churn"]["threshold_per_minute"]),
+        flow_drops_per_second=float(raw["flow_drops"]["threshold_per_second"]),
+        flow_table_share=float(raw["flow_table_hog"]["share"]),
         record_per_port=bool(raw.get("record_per_port", True)),
     )
 
@@ -844,6 +849,101 @@ def overview(limits: Thresholds) -> dash.Dashboard:
             limit=limits.port_churn_per_minute,
         )
     )
+    return flow_table_rows(board, ids, limits, dp, port, who)
+
+
+def flow_table_rows(
+    board: dash.Dashboard, ids: PanelIds, limits: Thresholds, dp: str, port: str, who: str
+) -> dash.Dashboard:
+    """The overview's flow table row (the exporter's --collector.flows): who fills the table, and
+    whose traffic drop flows match."""
+    where = "{{instance}} {{datapath}}"
+    keys = "instance, job, netns, datapath"
+    board = board.with_row(dash.Row("Flow table: megaflows and drop flows (--collector.flows)").id(ids()))
+    board = board.with_panel(
+        graph(
+            ids,
+            f"Top {TOP_N} ports by megaflows",
+            "short",
+            [Query(with_identity(f"topk({TOP_N}, ovs_vport_flows{{{port}}})", port), who)],
+            description=f"The {TOP_N} ports whose traffic fills the kernel flow table most: megaflows whose "
+            "match starts at the port (ovs_vport_flows, from the exporter's last complete flow dump), with "
+            "their bridge and VM or pod where OVSDB describes them (--collector.ovsdb). A megaflow explosion "
+            "(a scan, a flood of new connections) drives upcalls, lost packets and the flow limit.",
+            port_links=True,
+            no_value=f"no flow dumps ({NO_FLOWS})",
+        )
+    )
+    if limits.record_per_port:
+        drops = f"topk({TOP_N}, {rules.flow_drop_rate('vport')}{{{port}}})"
+    else:
+        drops = f"topk({TOP_N}, {rules.raw_flow_drop_rate('{' + port + '}')} > 0)"
+    board = board.with_panel(
+        graph(
+            ids,
+            f"Top {TOP_N} ports by packets their drop flows match",
+            "pps",
+            [Query(with_identity(drops, port), who)],
+            description="Packets per second that kernel flows dropping them (empty actions, or the explicit "
+            "drop action) matched, by input port, every reason summed, over 5 minutes: a lower bound "
+            "(the first packets of each drop flow, dropped in userspace, are not counted). The red line is "
+            "the OvsVportDropFlowsHigh threshold; the port dashboard shows the reasons.",
+            limit=limits.flow_drops_per_second,
+            port_links=True,
+            no_value=f"no port's drop flows matched packets ({NO_FLOWS})",
+        )
+    )
+    board = board.with_panel(
+        graph(
+            ids,
+            "Packets drop flows match, by reason",
+            "pps",
+            [Query(f"{rules.flow_drop_rate('datapath')}{{{dp}}}", f"{where} {{{{reason}}}}")],
+            description="Per datapath, every port summed, by reason: OVS's name for the drop's error code "
+            "(of_pipeline: the OpenFlow tables dropped it, an ACL or security group), unspecified for drop "
+            "flows with empty actions (OVS before 3.4, or a kernel before 6.4).",
+            width=8,
+            no_value=f"no drop flows ({NO_FLOWS})",
+        )
+    )
+    board = board.with_panel(
+        graph(
+            ids,
+            "Share of the flow table held by the busiest port",
+            "percentunit",
+            [
+                Query(
+                    f"max by ({keys}) (ovs_vport_flows{{{dp}}})\n/ on ({keys})\n"
+                    f"ovs_datapath_flow_dump_flows{{{dp}}}",
+                    where,
+                )
+            ],
+            description="The largest share of a datapath's megaflows one port holds. The red line is the "
+            "OvsFlowTableHeldByOnePort threshold (which also needs a nearly full table).",
+            width=8,
+            limit=limits.flow_table_share,
+            no_value=f"no flow dumps ({NO_FLOWS})",
+        )
+    )
+    board = board.with_panel(
+        graph(
+            ids,
+            "Flow dumps: age and duration",
+            "s",
+            [
+                Query(f"time() - ovs_datapath_flow_dump_timestamp_seconds{{{dp}}}", f"{where} age"),
+                Query(f"ovs_datapath_flow_dump_duration_seconds{{{dp}}}", f"{where} duration"),
+                Query(
+                    f"increase(ovs_datapath_flow_dumps_abandoned_total{{{dp}}}[$__rate_interval])",
+                    f"{where} abandoned",
+                ),
+            ],
+            description="How old the last complete flow dump is (what ovs_vport_flows shows), how long it "
+            "took, and dumps abandoned over --collector.flows.max-flows or .max-seconds per interval.",
+            width=8,
+            no_value=f"no flow dumps ({NO_FLOWS})",
+        )
+    )
     return board
 
 
@@ -1058,6 +1158,44 @@ def port_detail(limits: Thresholds) -> dash.Dashboard:
             no_value=NO_UPCALL_STATS,
         )
     )
+
+    board = board.with_row(dash.Row("Flow table").id(ids()))
+    board = board.with_panel(
+        graph(
+            ids,
+            "Megaflows from this port",
+            "short",
+            [Query(f"ovs_vport_flows{{{sel}}}", "megaflows")],
+            description="Megaflows in the kernel flow table whose match starts at this port (recirculation "
+            "id 0), from the exporter's last complete flow dump.",
+            width=8,
+            no_value=f"no flow dumps ({NO_FLOWS})",
+        )
+    )
+    for title, unit, what in (
+        ("Packets its drop flows match", "pps", "packets"),
+        ("Bytes its drop flows match", "Bps", "bytes"),
+    ):
+        board = board.with_panel(
+            graph(
+                ids,
+                title,
+                unit,
+                [
+                    Query(
+                        f"sum by (reason) (rate(ovs_vport_flow_dropped_{what}_total{{{sel}}}"
+                        "[$__rate_interval]))",
+                        "{{reason}}",
+                    )
+                ],
+                description="What kernel flows that drop this port's traffic matched, by reason: OVS's name "
+                "for the drop's error code (of_pipeline: the OpenFlow tables dropped it, an ACL or security "
+                "group), unspecified for empty actions. A lower bound: the first packets of each drop flow "
+                "go to userspace and are not counted.",
+                width=8,
+                no_value=f"no drop flows for this port ({NO_FLOWS})",
+            )
+        )
 
     board = board.with_row(dash.Row("Datapath $datapath").id(ids()))
     board = board.with_panel(

@@ -18,6 +18,9 @@ from typing import Any, NoReturn
 from exporter import __version__, logs
 from exporter.collector import Collector
 from exporter.config import (
+    FLOWS_INTERVAL,
+    FLOWS_MAX_FLOWS,
+    FLOWS_MAX_SECONDS,
     LOG_FORMATS,
     LOG_LEVELS,
     VPORT_METRIC_GROUPS,
@@ -30,6 +33,8 @@ from exporter.http import webconfig
 from exporter.http.server import HttpMetrics, MetricsServer
 from exporter.kernel.dumps import KernelSource, NamespaceSources, open_link_socket_in
 from exporter.kernel.events import EventListener, open_sockets
+from exporter.kernel.flow_worker import WorkerConfig
+from exporter.kernel.flows import FlowSource
 from exporter.kernel.genl import open_socket
 from exporter.kernel.netns import namespace_id
 from exporter.ovsdb.identity import DEFAULT_EXTERNAL_IDS, IdentitySource
@@ -63,6 +68,9 @@ _FLAG_OF_KEY = {
     "ovsdb.socket": "--collector.ovsdb.socket",
     "ovsdb.external_ids": "--collector.ovsdb.external-ids",
     "collector.events": "--[no-]collector.events",
+    "collector.flows_interval_seconds": "--collector.flows.interval",
+    "collector.flows_max_flows": "--collector.flows.max-flows",
+    "collector.flows_max_seconds": "--collector.flows.max-seconds",
     **{f"filters.{subject}.{rule}": flag for flag, subject, rule in _FILTER_FLAGS},
 }
 
@@ -198,6 +206,34 @@ def _parser() -> argparse.ArgumentParser:
         help="Count vport additions, removals and changes between scrapes from the kernel's notifications "
         "(default on; --no-collector.events turns it off).",
     )
+    p.add_argument(
+        "--collector.flows",
+        dest="flows",
+        action=argparse.BooleanOptionalAction,
+        help="Dump the kernel's flow tables in a worker process: megaflows and drop flows per port "
+        "(default off).",
+    )
+    p.add_argument(
+        "--collector.flows.interval",
+        dest="flows_interval",
+        type=float,
+        metavar="SECONDS",
+        help=f"Seconds between the starts of two rounds of flow dumps (default {FLOWS_INTERVAL:g}).",
+    )
+    p.add_argument(
+        "--collector.flows.max-flows",
+        dest="flows_max_flows",
+        type=int,
+        metavar="N",
+        help=f"A flow dump listing more flows is abandoned (default {FLOWS_MAX_FLOWS}).",
+    )
+    p.add_argument(
+        "--collector.flows.max-seconds",
+        dest="flows_max_seconds",
+        type=float,
+        metavar="SECONDS",
+        help=f"A flow dump running longer is abandoned (default {FLOWS_MAX_SECONDS:g}).",
+    )
     p.add_argument("--version", action="version", version=f"{PROG} version {__version__}")
     return p  # fmt: skip
 
@@ -289,13 +325,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         listener.start()
         listeners.append(listener)
+    flows = None
+    if config.flows:
+        flows = FlowSource(
+            WorkerConfig(
+                interval=config.flows_interval,
+                max_flows=config.flows_max_flows,
+                max_seconds=config.flows_max_seconds,
+                netlink_timeout=config.netlink_timeout,
+                netns_names=config.netns_names,
+                netns_all=config.netns_all,
+            )
+        )
+        flows.start()
     collector = Collector(
         source,
         config.filters,
         __version__,
         namespaces=namespaces,
         vport_metrics=config.vport_metrics,
-        snapshot_sources=[*listeners, *([identity] if identity is not None else [])],
+        snapshot_sources=[
+            *listeners,
+            *([identity] if identity is not None else []),
+            *([flows] if flows is not None else []),
+        ],
         extra=(http_metrics.render,),
     )
     host, port = config.listen_host_port
@@ -315,6 +368,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("cannot listen on %s: %s", config.listen_address, err.strerror or err)
         for listener in listeners:
             listener.close()
+        if flows is not None:
+            flows.close()
         return 1
     signal.signal(signal.SIGTERM, _stop)
     scheme = "https" if web_config is not None and web_config.ssl_context is not None else "http"
@@ -341,4 +396,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             namespaces.close()
         if identity is not None:
             identity.close()
+        if flows is not None:
+            flows.close()
     return 0

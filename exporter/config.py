@@ -24,6 +24,10 @@ FILTER_SUBJECTS = ("datapath", "port", "vport_type", "device_kind")
 # Per-vport metric groups an operator can choose (--collector.vport.metrics), in the order the
 # README lists them; exposition.VPORT_METRIC_GROUPS says which families each one serves.
 VPORT_METRIC_GROUPS = ("packets", "bytes", "errors", "dropped", "upcalls", "info")
+# The flow table collector's defaults (--collector.flows.*); docs/performance.md says why.
+FLOWS_INTERVAL = 5.0
+FLOWS_MAX_FLOWS = 250_000
+FLOWS_MAX_SECONDS = 60.0
 
 
 class ConfigError(Exception):
@@ -74,6 +78,10 @@ class Config:
     max_requests: int = 40  # scrapes waiting for or making a body; 0: no limit (node_exporter's default)
     max_connections: int = 256  # open HTTP connections, one thread each; 0: no limit
     events: bool = True  # count vport notifications between scrapes (exporter.kernel.events)
+    flows: bool = False  # dump the flow tables in a worker process (exporter.kernel.flows)
+    flows_interval: float = FLOWS_INTERVAL  # seconds between the starts of two rounds of flow dumps
+    flows_max_flows: int = FLOWS_MAX_FLOWS  # a flow dump listing more is abandoned
+    flows_max_seconds: float = FLOWS_MAX_SECONDS  # a flow dump running longer is abandoned
 
     @property
     def listen_host_port(self) -> tuple[str, int]:
@@ -88,7 +96,14 @@ _FILE_KEYS: dict[str, tuple[str, ...]] = {
     "netlink": ("timeout_seconds",),
     "filters": FILTER_SUBJECTS,
     "netns": ("names", "all"),
-    "collector": ("vport_metrics", "events"),
+    "collector": (
+        "vport_metrics",
+        "events",
+        "flows",
+        "flows_interval_seconds",
+        "flows_max_flows",
+        "flows_max_seconds",
+    ),
     "ovsdb": ("enabled", "socket", "external_ids"),
 }
 
@@ -154,6 +169,10 @@ _FILE_FIELDS: tuple[tuple[str, str, str, str], ...] = (
     ("netns", "all", "true or false", "netns_all"),
     ("collector", "vport_metrics", "a list of strings", "vport_metrics"),
     ("collector", "events", "true or false", "events"),
+    ("collector", "flows", "true or false", "flows"),
+    ("collector", "flows_interval_seconds", "a number", "flows_interval"),
+    ("collector", "flows_max_flows", "a whole number", "flows_max_flows"),
+    ("collector", "flows_max_seconds", "a number", "flows_max_seconds"),
     ("ovsdb", "enabled", "true or false", "ovsdb_enabled"),
     ("ovsdb", "socket", "a string", "ovsdb_socket"),
     ("ovsdb", "external_ids", "a list of strings", "ovsdb_external_ids"),
@@ -262,6 +281,21 @@ def build(file_settings: Mapping[str, Any], flag_settings: Mapping[str, Any]) ->
     if not (math.isfinite(config.netlink_timeout) and 0 < config.netlink_timeout <= 60):
         raise ConfigError(
             f"netlink.timeout_seconds: must be above 0 and at most 60, got {config.netlink_timeout}"
+        )
+
+    if not (math.isfinite(config.flows_interval) and 0.5 <= config.flows_interval <= 3600):
+        raise ConfigError(
+            "collector.flows_interval_seconds: must be at least 0.5 and at most 3600,"
+            f" got {config.flows_interval}"
+        )
+    if not 1 <= config.flows_max_flows <= 100_000_000:
+        raise ConfigError(
+            "collector.flows_max_flows: must be at least 1 and at most 100000000,"
+            f" got {config.flows_max_flows}"
+        )
+    if not (math.isfinite(config.flows_max_seconds) and 0 < config.flows_max_seconds <= 3600):
+        raise ConfigError(
+            f"collector.flows_max_seconds: must be above 0 and at most 3600, got {config.flows_max_seconds}"
         )
 
     for key in ("max_requests", "max_connections"):

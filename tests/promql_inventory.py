@@ -19,7 +19,8 @@ than 6.2, which do not report them. Two more, which ``only_with_trouble`` and
 recorded only for ports where they are above 0, and the per-bridge sums, the
 identity table and the OVSDB health need OVSDB (the exporter's
 ``--collector.ovsdb``). The top-port panels join OVSDB's identity onto their
-ports but keep the ports without one (``joins_identity``): they need no OVSDB. Recording-rule series (``ovs:*``) exist only
+ports but keep the ports without one (``joins_identity``): they need no OVSDB.
+The flow collector's series exist only with ``--collector.flows`` (``needs_flows``). Recording-rule series (``ovs:*``) exist only
 when Prometheus loaded the rules file and has evaluated it at least once.
 """
 
@@ -183,6 +184,20 @@ def needs_ovsdb(expr: str) -> bool:
         expr,
     )
     return reads is not None and not joins_identity(expr)
+
+
+def needs_flows(expr: str) -> bool:
+    """True when ``expr`` reads the flow collector's series (the exporter's ``--collector.flows``,
+    off by default): per-port megaflows and drop flows, the dumps, the worker, and the rules
+    recorded from them. Only an exporter running the collector has them."""
+    return (
+        re.search(
+            r"\bovs_vport_flows\b|ovs_vport_flow_dropped_|ovs_datapath_flow_dump|ovs_flow_worker_"
+            r'|ovs:(vport|datapath)_flow_dropped_|collector="flows"',
+            expr,
+        )
+        is not None
+    )
 
 
 def is_condition(name: str) -> bool:

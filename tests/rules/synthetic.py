@@ -195,6 +195,29 @@ def synthetic_families(seed: int = 4) -> dict[str, Family]:
             events = _labels(instance=instance, job=JOB, datapath=datapath, event=event)
             add("ovs_datapath_vport_events", "counter", events, _counter([rate] * steps))
 
+    # The flow collector (--collector.flows), on host1 and host2. On host1's dp0, vm1 holds 160,000
+    # of 200,000 megaflows (the table-hog alert holds) and its drop flows match 150 packets/s (the
+    # drop-flow alert holds); vm2's explicit pipeline drops match 20/s. host2's dumps fail.
+    dp0 = {"instance": "host1:9310", "job": JOB, "datapath": "dp0"}
+    for port, flows in (("vm1", 160000.0), ("vm2", 30000.0), ("vm3", 9000.0), ("idle0", 0.0)):
+        add("ovs_vport_flows", "gauge", _labels(**dp0, port=port), [flows] * steps)
+    add("ovs_datapath_flow_dump_flows", "gauge", _labels(**dp0), [200000.0] * steps)
+    add("ovs_datapath_flow_dump_duration_seconds", "gauge", _labels(**dp0), wave(0.9, 0.1, 600, 0))
+    add(
+        "ovs_datapath_flow_dump_timestamp_seconds",
+        "gauge",
+        _labels(**dp0),
+        [1.8e9 + i * STEP for i in range(steps)],
+    )
+    add("ovs_datapath_flow_dumps_abandoned", "counter", _labels(**dp0), [0.0] * steps)
+    for port, reason, pps, size in (("vm1", "unspecified", 150.0, 80), ("vm2", "of_pipeline", 20.0, 1400)):
+        drops = _labels(**dp0, port=port, reason=reason)
+        add("ovs_vport_flow_dropped_packets", "counter", drops, _counter([pps] * steps))
+        add("ovs_vport_flow_dropped_bytes", "counter", drops, _counter([pps * size] * steps))
+    for instance, success in (("host1:9310", 1.0), ("host2:9310", 0.0)):
+        flows_health = _labels(instance=instance, job=JOB, collector="flows")
+        add("ovs_scrape_collector_success", "gauge", flows_health, [success] * steps)
+
     # host1 is healthy; host2 scrapes slowly; host3 cannot read the datapath;
     # host4's exporter is down.
     for instance, up, ovs_up, duration, errors in (

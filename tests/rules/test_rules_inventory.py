@@ -16,6 +16,7 @@ from tests.promql_inventory import (
     dashboards,
     is_condition,
     joins_identity,
+    needs_flows,
     needs_ovsdb,
     needs_upcall_stats,
     only_with_trouble,
@@ -85,6 +86,18 @@ def test_inventory_helpers() -> None:
     assert any(joins_identity(expr) for _, expr in all_exprs({}))
     assert needs_upcall_stats("ovs:datapath_upcall_failures:rate5m")
     assert not needs_upcall_stats("ovs_datapath_upcall_handlers == 0")
+    assert needs_flows("topk(10, ovs_vport_flows{a='b'})") and needs_flows(
+        "ovs:vport_flow_dropped_packets:rate5m"
+    )
+    assert needs_flows('ovs_scrape_collector_success{collector="flows"} == 0')
+    assert not needs_flows("ovs_datapath_flows") and not needs_flows("ovs:datapath_lookup_hits:rate5m")
+    flows = [name for name, expr in all_exprs({}) if needs_flows(expr)]
+    assert {
+        "alert/OvsVportDropFlowsHigh",
+        "alert/OvsFlowTableHeldByOnePort",
+        "alert/OvsFlowDumpsFailing",
+    } <= set(flows)
+    assert any(name.startswith("dashboard/ovs-port/") for name in flows)
 
 
 def test_every_expression_parses(promtool: Path, tmp_path: Path) -> None:
@@ -132,14 +145,26 @@ def _exposition_names() -> set[str]:
     }
 
 
-# Served by a collector the golden exposition does not run: OVSDB identity (issue #10) and the
-# Interfaces vswitchd cannot open (issue #22). The per-bridge recording rules that join it record
-# nothing without it (alerts/tests/recording.yml).
-OPTIONAL = {"ovs_interface_info", "ovs_interface_broken_info", "ovs_bridge_broken_interfaces"}
+# Served by collectors the golden exposition does not run: OVSDB identity (issue #10; the
+# per-bridge recording rules that join it record nothing without it, alerts/tests/recording.yml)
+# and the Interfaces vswitchd cannot open (issue #22), and the flow table (--collector.flows,
+# issue 20; exporter.kernel.flows names these families).
+OPTIONAL = {
+    "ovs_interface_info",
+    "ovs_interface_broken_info",
+    "ovs_bridge_broken_interfaces",
+    "ovs_vport_flows",
+    "ovs_vport_flow_dropped_packets",
+    "ovs_vport_flow_dropped_bytes",
+    "ovs_datapath_flow_dump_flows",
+    "ovs_datapath_flow_dump_duration_seconds",
+    "ovs_datapath_flow_dump_timestamp_seconds",
+    "ovs_datapath_flow_dumps_abandoned",
+}
 
 
 def test_queries_read_only_metrics_the_exporter_serves() -> None:
-    served = _exposition_names() | OPTIONAL
+    served = _exposition_names() | OPTIONAL | {f"{name}_total" for name in OPTIONAL}
     used = {name for _, expr in all_exprs({}) for name in re.findall(r"\b(ovs_[a-z_]+)\b", expr)}
     assert used, "no exporter metric referenced"
     assert used - served == set()

@@ -103,7 +103,7 @@ def test_every_file_key_is_read() -> None:
         ("filters: {port: {exclude: 5}}\n", "filters.port.exclude: must be a string, got int"),
         (
             "collector: {vport_metric: []}\n",
-            "collector.vport_metric: unknown key (known keys: vport_metrics, events)",
+            "collector.vport_metric: unknown key (known keys: vport_metrics, events, flows, flows_interval_seconds, flows_max_flows, flows_max_seconds)",
         ),
         (
             "collector: {vport_metrics: packets}\n",

@@ -5,6 +5,7 @@ python -m tests.vm setup --tools-only                  only the host packages an
 python -m tests.vm run --kernel 6.12 -- CMD...         boot, run CMD in the checkout, exit with its status
 python -m tests.vm suite [--kernel K ...] [-- PYTEST_ARGS]  run tests/kernel in each kernel
 python -m tests.vm capture [--kernel K ...]            refresh tests/fixtures/kernel/<K>/
+python -m tests.vm capture-flows [--kernel K ...]      refresh tests/fixtures/kernel/<K>/flows/
 python -m tests.vm demo [--port 9310]                  6.12 with traffic, exporter on 127.0.0.1:PORT
 """
 
@@ -31,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
         argv, rest = argv[:i], argv[i + 1 :]
     p = argparse.ArgumentParser(prog="python -m tests.vm", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
-    for name in ("setup", "suite", "capture"):
+    for name in ("setup", "suite", "capture", "capture-flows"):
         s = sub.add_parser(name)
         s.add_argument("--kernel", action="append", choices=KERNEL_SERIES, help="repeatable; default all")
         if name == "setup":
@@ -61,6 +62,10 @@ def main(argv: list[str] | None = None) -> int:
         from .suite import main_capture
 
         return main_capture(kernels)
+    if args.cmd == "capture-flows":
+        from .suite import main_capture
+
+        return main_capture(kernels, module="tests.kernel.capture_flows", subdir="flows")
     if args.cmd == "demo":
         from .demo import host_main
 

@@ -116,11 +116,12 @@ def junit_totals(kernels: list[str]) -> tuple[int, int]:
     return passed, failed
 
 
-def main_capture(kernels: list[str]) -> int:
+def main_capture(kernels: list[str], module: str = "tests.kernel.capture", subdir: str = "") -> int:
+    """Run a capture ``module`` in each kernel; its files replace tests/fixtures/kernel/<K>/<subdir>."""
     provision(kernels)
     rc = 0
     for kernel in kernels:
-        cmd = ["bash", "-c", 'exec python -m tests.kernel.capture "$OVS_VM_RESULTS/fixtures"']
+        cmd = ["bash", "-c", f'exec python -m {module} "$OVS_VM_RESULTS/fixtures"']
         try:
             res = run_in_vm(cmd, kernel, timeout=300, label=f"capture-{kernel}")
         except VMError as e:
@@ -130,10 +131,12 @@ def main_capture(kernels: list[str]) -> int:
         if res.returncode:
             rc = 1
             continue
-        target = REPO_ROOT / "tests" / "fixtures" / "kernel" / kernel
-        if target.exists():
-            shutil.rmtree(target)
-        shutil.copytree(res.results_dir / "fixtures", target)
+        target = REPO_ROOT / "tests" / "fixtures" / "kernel" / kernel / subdir
+        # What this capture wrote before goes; another capture's subdirectory stays.
+        for old in target.iterdir() if target.exists() else ():
+            if old.is_file():
+                old.unlink()
+        shutil.copytree(res.results_dir / "fixtures", target, dirs_exist_ok=True)
         print(f"fixtures of {res.kernel.release} written to {target.relative_to(REPO_ROOT)}")
     return rc
 
