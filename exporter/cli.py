@@ -28,9 +28,11 @@ from exporter.config import (
 )
 from exporter.http import webconfig
 from exporter.http.server import HttpMetrics, MetricsServer
+from exporter.kernel.ct_zones import ConntrackZoneSource
 from exporter.kernel.dumps import KernelSource, NamespaceSources
 from exporter.kernel.events import EventListener, open_sockets
-from exporter.kernel.genl import open_socket
+from exporter.kernel.genl import GenlSocket, open_socket
+from exporter.kernel.meters import MeterSource
 from exporter.kernel.netns import namespace_id
 from exporter.ovsdb.identity import DEFAULT_EXTERNAL_IDS, IdentitySource
 
@@ -58,6 +60,8 @@ _FLAG_OF_KEY = {
     "ovsdb.socket": "--collector.ovsdb.socket",
     "ovsdb.external_ids": "--collector.ovsdb.external-ids",
     "collector.events": "--[no-]collector.events",
+    "collector.meters_interval_seconds": "--collector.meters.interval",
+    "collector.conntrack_zones_interval_seconds": "--collector.conntrack-zones.interval",
     **{f"filters.{subject}.{rule}": flag for flag, subject, rule in _FILTER_FLAGS},
 }
 
@@ -191,6 +195,34 @@ def _parser() -> argparse.ArgumentParser:
         help="Count vport additions, removals and changes between scrapes from the kernel's notifications "
         "(default on; --no-collector.events turns it off).",
     )
+    p.add_argument(
+        "--collector.meters",
+        dest="meters",
+        action=argparse.BooleanOptionalAction,
+        help="Read every datapath's meters (ovs_meter, one GET per meter id) in the background "
+        "(default on; --no-collector.meters turns it off).",
+    )
+    p.add_argument(
+        "--collector.meters.interval",
+        dest="meters_interval",
+        type=float,
+        metavar="SECONDS",
+        help="Seconds between two rounds of meter reads (default 15).",
+    )
+    p.add_argument(
+        "--collector.conntrack-zones",
+        dest="conntrack_zones",
+        action=argparse.BooleanOptionalAction,
+        help="Read the conntrack zone limits and their connection counts (ovs_ct_limit) in the background "
+        "(default on; --no-collector.conntrack-zones turns it off).",
+    )
+    p.add_argument(
+        "--collector.conntrack-zones.interval",
+        dest="conntrack_zones_interval",
+        type=float,
+        metavar="SECONDS",
+        help="Seconds between two reads of the conntrack zone limits (default 15).",
+    )
     p.add_argument("--version", action="version", version=f"{PROG} version {__version__}")
     return p  # fmt: skip
 
@@ -229,6 +261,25 @@ def load_config(argv: Sequence[str]) -> Config:
     except ConfigError as err:
         key = str(err).split(":", 1)[0]
         raise ConfigError(f"flag {_FLAG_OF_KEY.get(key, key)}: {str(err).split(': ', 1)[-1]}") from None
+
+
+def _polled_sources(
+    config: Config, namespaces: NamespaceSources | None
+) -> list[MeterSource | ConntrackZoneSource]:
+    """The background kernel readers the configuration turns on, started."""
+
+    def opener(netns: str | None) -> GenlSocket:
+        return open_socket(config.netlink_timeout, netns)
+
+    follow = namespaces.namespaces if namespaces is not None else list
+    sources: list[MeterSource | ConntrackZoneSource] = []
+    if config.meters:
+        sources.append(MeterSource(opener, config.meters_interval, follow, namespace_id))
+    if config.conntrack_zones:
+        sources.append(ConntrackZoneSource(opener, config.conntrack_zones_interval, follow, namespace_id))
+    for polled in sources:
+        polled.start()
+    return sources
 
 
 def _stop(signum: int, frame: FrameType | None) -> NoReturn:
@@ -272,13 +323,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         listener.start()
         listeners.append(listener)
+    polled = _polled_sources(config, namespaces)
     collector = Collector(
         source,
         config.filters,
         __version__,
         namespaces=namespaces,
         vport_metrics=config.vport_metrics,
-        snapshot_sources=[*listeners, *([identity] if identity is not None else [])],
+        snapshot_sources=[*listeners, *polled, *([identity] if identity is not None else [])],
         extra=(http_metrics.render,),
     )
     host, port = config.listen_host_port
@@ -298,6 +350,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("cannot listen on %s: %s", config.listen_address, err.strerror or err)
         for listener in listeners:
             listener.close()
+        for polled_source in polled:
+            polled_source.close()
         return 1
     signal.signal(signal.SIGTERM, _stop)
     scheme = "https" if web_config is not None and web_config.ssl_context is not None else "http"
@@ -320,6 +374,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         source.close()
         for listener in listeners:
             listener.close()
+        for polled_source in polled:
+            polled_source.close()
         if namespaces is not None:
             namespaces.close()
         if identity is not None:

@@ -24,6 +24,10 @@ FILTER_SUBJECTS = ("datapath", "port", "vport_type")
 # Per-vport metric groups an operator can choose (--collector.vport.metrics), in the order the
 # README lists them; exposition.VPORT_METRIC_GROUPS says which families each one serves.
 VPORT_METRIC_GROUPS = ("packets", "bytes", "errors", "dropped", "upcalls", "info")
+# Seconds between two rounds of a background kernel reader (meters, conntrack zones): at least a
+# second, since each round's requests cost the kernel (a meter GET takes ovs_mutex).
+MIN_POLL_INTERVAL = 1.0
+MAX_POLL_INTERVAL = 3600.0
 
 
 class ConfigError(Exception):
@@ -73,6 +77,10 @@ class Config:
     max_requests: int = 40  # scrapes waiting for or making a body; 0: no limit (node_exporter's default)
     max_connections: int = 256  # open HTTP connections, one thread each; 0: no limit
     events: bool = True  # count vport notifications between scrapes (exporter.kernel.events)
+    meters: bool = True  # read the datapaths' meters in the background (exporter.kernel.meters)
+    meters_interval: float = 15.0  # seconds between two rounds of meter reads
+    conntrack_zones: bool = True  # read the conntrack zone limits (exporter.kernel.ct_zones)
+    conntrack_zones_interval: float = 15.0  # seconds between two reads of the zone limits
 
     @property
     def listen_host_port(self) -> tuple[str, int]:
@@ -87,7 +95,14 @@ _FILE_KEYS: dict[str, tuple[str, ...]] = {
     "netlink": ("timeout_seconds",),
     "filters": FILTER_SUBJECTS,
     "netns": ("names", "all"),
-    "collector": ("vport_metrics", "events"),
+    "collector": (
+        "vport_metrics",
+        "events",
+        "meters",
+        "meters_interval_seconds",
+        "conntrack_zones",
+        "conntrack_zones_interval_seconds",
+    ),
     "ovsdb": ("enabled", "socket", "external_ids"),
 }
 
@@ -162,6 +177,10 @@ _FILE_FIELDS: tuple[tuple[str, str, str, str], ...] = (
     ("netns", "all", "true or false", "netns_all"),
     ("collector", "vport_metrics", "a list of strings", "vport_metrics"),
     ("collector", "events", "true or false", "events"),
+    ("collector", "meters", "true or false", "meters"),
+    ("collector", "meters_interval_seconds", "a number", "meters_interval"),
+    ("collector", "conntrack_zones", "true or false", "conntrack_zones"),
+    ("collector", "conntrack_zones_interval_seconds", "a number", "conntrack_zones_interval"),
     ("ovsdb", "enabled", "true or false", "ovsdb_enabled"),
     ("ovsdb", "socket", "a string", "ovsdb_socket"),
     ("ovsdb", "external_ids", "a list of strings", "ovsdb_external_ids"),
@@ -271,6 +290,14 @@ def build(file_settings: Mapping[str, Any], flag_settings: Mapping[str, Any]) ->
         raise ConfigError(
             f"netlink.timeout_seconds: must be above 0 and at most 60, got {config.netlink_timeout}"
         )
+
+    for key in ("meters_interval", "conntrack_zones_interval"):
+        value = getattr(config, key)
+        if not (math.isfinite(value) and MIN_POLL_INTERVAL <= value <= MAX_POLL_INTERVAL):
+            raise ConfigError(
+                f"collector.{key}_seconds: must be between {MIN_POLL_INTERVAL:g} and"
+                f" {MAX_POLL_INTERVAL:g} seconds, got {value:g}"
+            )
 
     for key in ("max_requests", "max_connections"):
         if getattr(config, key) < 0:
