@@ -15,9 +15,11 @@ from typing import TypeVar
 
 import pytest
 
+from .netns import in_netns
 from .ovsnl import DATAPATH_FAMILY, VPORT_FAMILY, OvsNetlink, Snapshot
 from .procs import Exporter
 from .topology import Topology, standard_topology, wait_quiet
+from .vswitchd import DB_GROUP, HOST_NS, MGMT_NS_IP, OvsHost
 
 IN_VM = os.environ.get("OVS_EXPORTER_VM") == "1"
 
@@ -27,6 +29,9 @@ if not IN_VM:
 T = TypeVar("T")
 
 EXPORTER_PORT = 19310
+#: The exporter of ``host_exporter``, inside ``ovs-host`` (one module at a time uses it).
+HOST_EXPORTER_PORT = 19320
+NOBODY = 65534
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -139,6 +144,47 @@ def upcall_dp(nl: OvsNetlink) -> Iterator[UpcallDatapath]:
 @pytest.fixture(scope="session")
 def exporter(results_dir: Path) -> Iterator[Exporter]:
     proc = Exporter(EXPORTER_PORT, results_dir)
+    yield proc
+    proc.stop()
+
+
+# --- a host running the real daemons (test_vswitchd, test_ovn) ----------------------------------
+# Each such module defines a module-scoped ``ovs_host`` fixture (an OvsHost or a subclass): these
+# fixtures then look at that host.
+
+
+@pytest.fixture(scope="module")
+def host_nl(ovs_host: OvsHost) -> Iterator[OvsNetlink]:
+    """A netlink socket in ``ovs-host``: the kernel's own view of vswitchd's datapath."""
+    with in_netns(HOST_NS):
+        sock = OvsNetlink()
+    yield sock
+    sock.close()
+
+
+@pytest.fixture(scope="module")
+def host_exporter_args() -> tuple[str, ...]:
+    """The arguments of ``host_exporter``; a module overrides this fixture to pass more."""
+    return ("--collector.ovsdb",)
+
+
+@pytest.fixture(scope="module")
+def host_exporter(
+    ovs_host: OvsHost, host_exporter_args: tuple[str, ...], results_dir: Path, request: pytest.FixtureRequest
+) -> Iterator[Exporter]:
+    """The exporter as such a host runs it: inside ``ovs-host``, as uid 65534 with no
+    capabilities, its only supplementary group the one that may open db.sock."""
+    module = request.module.__name__.rpartition(".")[2].removeprefix("test_")
+    proc = Exporter(
+        HOST_EXPORTER_PORT,
+        results_dir,
+        name=f"exporter-{module}",
+        user=NOBODY,
+        host=MGMT_NS_IP,
+        netns=HOST_NS,
+        groups=(DB_GROUP,),
+        args=host_exporter_args,
+    )
     yield proc
     proc.stop()
 

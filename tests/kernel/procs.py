@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .netns import enter_netns
-from .promtext import Scrape, fetch
+from .promtext import Scrape, fetch, identities
 
 #: Python is 20-35x slower under TCG: a cold start of the exporter takes seconds.
 START_TIMEOUT = 120.0
@@ -116,6 +116,21 @@ class Exporter(Process):
 
     def scrape(self) -> Scrape:
         return fetch(self.url)
+
+
+def scrape_until(
+    exporter: Exporter, done: Callable[[Scrape], bool], what: str, timeout: float = 60
+) -> Scrape:
+    """Scrape until ``done``; the reader follows OVSDB in the background, a scrape never waits."""
+    deadline = time.monotonic() + timeout
+    scrape = exporter.scrape()
+    while not done(scrape):
+        if time.monotonic() > deadline:
+            got = sorted(sorted(dict(lbls).items()) for lbls in identities(scrape))
+            raise AssertionError(f"no scrape within {timeout:.0f}s {what}; last identities: {got}")
+        time.sleep(0.5)
+        scrape = exporter.scrape()
+    return scrape
 
 
 def _enter_and_drop(netns: str, user: int | None, groups: tuple[int, ...]) -> Callable[[], None]:

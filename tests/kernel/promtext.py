@@ -102,6 +102,11 @@ class Scrape:
         return {dict(lbls)[label] for n, lbls, _ in self.samples if n == name and label in dict(lbls)}
 
 
+def identities(scrape: Scrape) -> set[Labels]:
+    """The label sets of ``ovs_interface_info``: what the exporter read from OVSDB."""
+    return {lbls for name, lbls, _ in scrape.samples if name == "ovs_interface_info"}
+
+
 def fetch_text(url: str, accept: str | None = None, timeout: float = 60) -> str:
     """The body as served, in the format ``accept`` asks for (none: the text format)."""
     request = urllib.request.Request(url, headers={"Accept": accept} if accept else {})

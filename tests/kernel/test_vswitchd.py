@@ -16,7 +16,7 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -25,11 +25,10 @@ import pytest
 from exporter.ovsdb.identity import DEFAULT_EXTERNAL_IDS
 from tests import promql_inventory
 
-from .conftest import HAS_UPCALL_STATS, consistent
-from .netns import in_netns
+from .conftest import HAS_UPCALL_STATS, NOBODY, consistent
 from .ovsnl import OvsNetlink
-from .procs import Exporter, Prometheus
-from .promtext import Labels, Scrape, diff, expected_series
+from .procs import Exporter, Prometheus, scrape_until
+from .promtext import Scrape, diff, expected_series, identities
 from .topology import DpctlDatapath, dpctl_diff
 from .vswitchd import (
     DATAPATH,
@@ -37,7 +36,6 @@ from .vswitchd import (
     DB_SOCK,
     GENEVE_VPORT,
     GUESTS,
-    HOST_NS,
     MGMT_NS_IP,
     PATCH_PORTS,
     RUNDIR,
@@ -55,44 +53,18 @@ from .vswitchd import (
     vswitchd_dpctl_show,
 )
 
-NOBODY = 65534
-EXPORTER_PORT = 19320
 NOVA, OVNK, KUBEOVN, EXT = GUESTS
 
 
 @pytest.fixture(scope="module")
 def ovs_host(results_dir: Path) -> Iterator[OvsHost]:
+    """The host that conftest's ``host_nl`` and ``host_exporter`` look at."""
     host = OvsHost(results_dir)
     try:
         host.start()
         yield host
     finally:
         host.stop()
-
-
-@pytest.fixture(scope="module")
-def host_nl(ovs_host: OvsHost) -> Iterator[OvsNetlink]:
-    """A netlink socket in ``ovs-host``: the kernel's own view of vswitchd's datapath."""
-    with in_netns(HOST_NS):
-        sock = OvsNetlink()
-    yield sock
-    sock.close()
-
-
-@pytest.fixture(scope="module")
-def host_exporter(ovs_host: OvsHost, results_dir: Path) -> Iterator[Exporter]:
-    proc = Exporter(
-        EXPORTER_PORT,
-        results_dir,
-        name="exporter-vswitchd",
-        user=NOBODY,
-        host=MGMT_NS_IP,
-        netns=HOST_NS,
-        groups=(DB_GROUP,),
-        args=("--collector.ovsdb",),
-    )
-    yield proc
-    proc.stop()
 
 
 def test_exporter_is_nobody_with_only_the_db_group(host_exporter: Exporter) -> None:
@@ -212,27 +184,8 @@ def test_dispatch_mode_and_handlers_equal_vswitchds(ovs_host: OvsHost, host_expo
 UNLISTED_KEYS = ("sandbox", "ip_addresses", "vendor", "ip", "pod_netns")
 
 
-def identities(scrape: Scrape) -> set[Labels]:
-    return {lbls for name, lbls, _ in scrape.samples if name == "ovs_interface_info"}
-
-
 def ovsdb_health(scrape: Scrape) -> float | None:
     return scrape.value("ovs_scrape_collector_success", collector="ovsdb")
-
-
-def scrape_until(
-    exporter: Exporter, done: Callable[[Scrape], bool], what: str, timeout: float = 60
-) -> Scrape:
-    """Scrape until ``done``; the reader follows OVSDB in the background, a scrape never waits."""
-    deadline = time.monotonic() + timeout
-    scrape = exporter.scrape()
-    while not done(scrape):
-        if time.monotonic() > deadline:
-            got = sorted(sorted(dict(lbls).items()) for lbls in identities(scrape))
-            raise AssertionError(f"no scrape within {timeout:.0f}s {what}; last identities: {got}")
-        time.sleep(0.5)
-        scrape = exporter.scrape()
-    return scrape
 
 
 def test_only_the_db_group_may_open_db_sock(ovs_host: OvsHost, host_exporter: Exporter) -> None:
@@ -375,7 +328,7 @@ def host_prometheus(host_exporter: Exporter, results_dir: Path) -> Iterator[Prom
         "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
         "rule_files": [str(promql_inventory.RULES_PATH)],
         "scrape_configs": [
-            {"job_name": JOB, "static_configs": [{"targets": [f"{MGMT_NS_IP}:{EXPORTER_PORT}"]}]}
+            {"job_name": JOB, "static_configs": [{"targets": [f"{MGMT_NS_IP}:{host_exporter.port}"]}]}
         ],
     }
     prom = Prometheus(PROMETHEUS_PORT, config, results_dir, workdir=Path("/tmp/prometheus-vswitchd"))
@@ -386,7 +339,7 @@ def host_prometheus(host_exporter: Exporter, results_dir: Path) -> Iterator[Prom
 def test_every_dashboard_and_alert_query_returns_data_joins_included(
     host_prometheus: Prometheus, host_exporter: Exporter, host_nl: OvsNetlink
 ) -> None:
-    instance = f"{MGMT_NS_IP}:{EXPORTER_PORT}"
+    instance = f"{MGMT_NS_IP}:{host_exporter.port}"
     # Traffic through both bridges, and new flows (upcalls) all along, while Prometheus scrapes.
     traffic = [background_ping(NOVA, OVNK), background_ping(KUBEOVN, EXT), background_misses(NOVA, OVNK)]
     try:

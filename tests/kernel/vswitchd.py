@@ -64,6 +64,20 @@ class Guest:
     ip: str
     mac: str
     external_ids: dict[str, str] = field(default_factory=dict)
+    #: Default route of the namespace (none: only its own /24 is reachable).
+    gateway: str | None = None
+
+    @property
+    def iface_id(self) -> str:
+        """The logical port (OVN), Neutron port or pod this port belongs to."""
+        return self.external_ids["iface-id"]
+
+    def setup_lines(self) -> list[str]:
+        """``ip -batch`` lines that configure eth0 inside the guest's namespace."""
+        lines = ["link set lo up", "link set eth0 up", f"addr add {self.ip}/24 dev eth0"]
+        if self.gateway:
+            lines.append(f"route add default via {self.gateway}")
+        return lines
 
 
 #: Names and external_ids as each system writes them (os-vif: tap + 11 characters of the
@@ -109,14 +123,20 @@ GENEVE_VPORT = "genev_sys_6081"
 PATCH_PORTS = ("patch-int", "patch-ex")
 
 
+def add_port_args(g: Guest) -> list[str]:
+    """ovs-vsctl commands that plug ``g``'s port into its bridge with its external_ids."""
+    args = ["--", "add-port", g.bridge, g.port]
+    if g.external_ids:
+        args += ["--", "set", "Interface", g.port]
+        args += [f'external_ids:"{k}"="{v}"' for k, v in g.external_ids.items()]
+    return args
+
+
 def _vsctl_args(guests: tuple[Guest, ...]) -> list[str]:
     """One ovs-vsctl transaction for the bridges and every port (one process, one commit)."""
     args = ["--", "add-br", "br-int", "--", "add-br", "br-ex"]
     for g in guests:
-        args += ["--", "add-port", g.bridge, g.port]
-        if g.external_ids:
-            args += ["--", "set", "Interface", g.port]
-            args += [f'external_ids:"{k}"="{v}"' for k, v in g.external_ids.items()]
+        args += add_port_args(g)
     args += [
         "--", "add-port", "br-int", GENEVE,
         "--", "set", "Interface", GENEVE, "type=geneve", "options:remote_ip=198.18.99.2",
@@ -228,19 +248,38 @@ def expected_system(tables: dict[str, list[dict[str, Any]]]) -> Labels:
     return frozenset((k, v) for k, v in values.items() if isinstance(v, str) and v)
 
 
+def ovsdb_server(name: str, db: Path, sock: Path, log_dir: Path, netns: str | None = None) -> Process:
+    """Start ovsdb-server serving ``db`` on the unix socket ``sock`` (its pidfile and control
+    socket ``<name>.pid``/``.ctl`` beside it), inside ``netns`` if given; return once it listens."""
+    sock.unlink(missing_ok=True)
+    cmd = [
+        "ovsdb-server", str(db), f"--remote=punix:{sock}",
+        f"--pidfile={sock.parent / f'{name}.pid'}", f"--unixctl={sock.parent / f'{name}.ctl'}",
+        "-vconsole:info", "-vsyslog:off",
+    ]  # fmt: skip
+    proc = Process(name, [*(["ip", "netns", "exec", netns] if netns else []), *cmd], log_dir)
+    deadline = time.monotonic() + 60
+    while not sock.exists():
+        if not proc.alive() or time.monotonic() > deadline:
+            raise RuntimeError(f"{name} did not create {sock}:\n{proc.log.read_text()[-2000:]}")
+        time.sleep(0.1)
+    return proc
+
+
 def uptime() -> float:
     return float(Path("/proc/uptime").read_text().split()[0])
 
 
-def ping(src: Guest, dst: Guest, count: int, size: int = 56, interval: float = 0.05) -> None:
-    """Ping ``dst`` from ``src``; every echo must come back."""
+def ping(src: Guest, dst: Guest | str, count: int, size: int = 56, interval: float = 0.05) -> None:
+    """Ping ``dst`` (a guest or an address) from ``src``; every echo must come back."""
+    ip = dst if isinstance(dst, str) else dst.ip
     res = sh(
         "ip", "netns", "exec", src.netns, "busybox", "ping", "-q", "-c", str(count), "-s", str(size),
-        "-i", str(interval), "-W", "5", dst.ip,
+        "-i", str(interval), "-W", "5", ip,
         check=False, timeout=30 + count * (interval + 1),
     )  # fmt: skip
     if f"{count} packets received" not in res.stdout:
-        raise AssertionError(f"ping {src.netns} -> {dst.netns} lost packets: {res.stdout}{res.stderr}")
+        raise AssertionError(f"ping {src.netns} -> {ip} lost packets: {res.stdout}{res.stderr}")
 
 
 def background_ping(src: Guest, dst: Guest, interval: float = 0.2) -> subprocess.Popen[bytes]:
@@ -269,10 +308,25 @@ def background_misses(src: Guest, dst: Guest, interval: float = 0.5) -> subproce
 
 
 class OvsHost:
-    """ovsdb-server and ovs-vswitchd in namespace ``ovs-host``, with the guests attached."""
+    """ovsdb-server and ovs-vswitchd in namespace ``ovs-host``, with the guests attached.
 
-    def __init__(self, log_dir: Path) -> None:
+    ``start`` builds the vswitchd scenario; a scenario of its own (tests/kernel/ovn.py) calls
+    ``start_vswitchd`` and then configures the bridges itself.
+    """
+
+    def __init__(
+        self,
+        log_dir: Path,
+        guests: tuple[Guest, ...] = GUESTS,
+        system_ids: dict[str, str] | None = None,
+    ) -> None:
+        """``guests`` get a namespace and a veth into ``ovs-host`` (plugged into their bridge by
+        ``start``); ``system_ids`` are the Open_vSwitch external_ids written at init."""
         self.log_dir = log_dir
+        self.guests = guests
+        self.system_ids = (
+            {"system-id": SYSTEM_ID, "hostname": "compute-0"} if system_ids is None else system_ids
+        )
         self.ovsdb: Process | None = None
         self.vswitchd: Process | None = None
         self.netns: list[str] = []
@@ -281,23 +335,7 @@ class OvsHost:
 
     def start_ovsdb(self) -> None:
         """Start ovsdb-server on the existing database; db.sock open to group DB_GROUP only."""
-        DB_SOCK.unlink(missing_ok=True)
-        self.ovsdb = Process(
-            "ovsdb-server",
-            [
-                "ovsdb-server", str(DB_FILE), f"--remote=punix:{DB_SOCK}",
-                f"--pidfile={RUNDIR / 'ovsdb-server.pid'}", f"--unixctl={RUNDIR / 'ovsdb-server.ctl'}",
-                "-vconsole:info", "-vsyslog:off",
-            ],
-            self.log_dir,
-        )  # fmt: skip
-        deadline = time.monotonic() + 60
-        while not DB_SOCK.exists():
-            if not self.ovsdb.alive() or time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"ovsdb-server did not create {DB_SOCK}:\n{self.ovsdb.log.read_text()[-2000:]}"
-                )
-            time.sleep(0.1)
+        self.ovsdb = ovsdb_server("ovsdb-server", DB_FILE, DB_SOCK, self.log_dir)
         # As distributions that run OVS as its own user do: the socket is the access control
         # (connect() needs write permission on it), so a group may connect, nobody else.
         os.chown(DB_SOCK, 0, DB_GROUP)
@@ -308,6 +346,14 @@ class OvsHost:
             self.ovsdb.stop()
 
     def start(self) -> None:
+        self.start_vswitchd()
+        # Waits until vswitchd has applied the whole transaction (ofports assigned).
+        vsctl(*_vsctl_args(self.guests))
+        ip_batch(["link set br-int up", "link set br-ex up"], netns=HOST_NS)
+
+    def start_vswitchd(self) -> None:
+        """A new database and its ovsdb-server, the namespaces with the guests' veths, and
+        ovs-vswitchd (once the uptime allows it), with no bridge yet."""
         RUNDIR.mkdir(parents=True, exist_ok=True)
         DB_FILE.parent.mkdir(parents=True, exist_ok=True)
         DB_FILE.unlink(missing_ok=True)
@@ -319,7 +365,7 @@ class OvsHost:
         schema_version = json.loads(SCHEMA.read_text())["version"]
         vsctl(
             "init", "--", "set", "Open_vSwitch", ".", f'ovs_version="{version}"', f'db_version="{schema_version}"',
-            f'external_ids:system-id="{SYSTEM_ID}"', 'external_ids:hostname="compute-0"',
+            *(f'external_ids:"{k}"="{v}"' for k, v in self.system_ids.items()),
             wait=False,
         )  # fmt: skip
         self._build_namespaces()
@@ -332,12 +378,9 @@ class OvsHost:
             ],
             self.log_dir,
         )  # fmt: skip
-        # Waits until vswitchd has applied the whole transaction (ofports assigned).
-        vsctl(*_vsctl_args(GUESTS))
-        ip_batch(["link set br-int up", "link set br-ex up"], netns=HOST_NS)
 
     def _build_namespaces(self) -> None:
-        names = [HOST_NS, *(g.netns for g in GUESTS)]
+        names = [HOST_NS, *(g.netns for g in self.guests)]
         ip_batch([f"netns add {n}" for n in names])
         self.netns = names
         for n in names:
@@ -349,16 +392,16 @@ class OvsHost:
         ]
         lines += [
             f"link add {g.port} netns {HOST_NS} type veth peer name eth0 netns {g.netns} address {g.mac}"
-            for g in GUESTS
+            for g in self.guests
         ]
         ip_batch(lines)
         ip_batch(
             ["link set lo up", "link set mgmt1 up", f"addr add {MGMT_NS_IP}/24 dev mgmt1"]
-            + [f"link set {g.port} up" for g in GUESTS],
+            + [f"link set {g.port} up" for g in self.guests],
             netns=HOST_NS,
         )
-        for g in GUESTS:
-            ip_batch(["link set lo up", "link set eth0 up", f"addr add {g.ip}/24 dev eth0"], netns=g.netns)
+        for g in self.guests:
+            ip_batch(g.setup_lines(), netns=g.netns)
 
     def add_guest(self, g: Guest) -> None:
         """Plug one more guest into its bridge, as a CNI or os-vif would (one ovs-vsctl call)."""
@@ -369,12 +412,8 @@ class OvsHost:
             [f"link add {g.port} netns {HOST_NS} type veth peer name eth0 netns {g.netns} address {g.mac}"]
         )
         ip_batch([f"link set {g.port} up"], netns=HOST_NS)
-        ip_batch(["link set lo up", "link set eth0 up", f"addr add {g.ip}/24 dev eth0"], netns=g.netns)
-        args = ["--", "add-port", g.bridge, g.port]
-        if g.external_ids:
-            args += ["--", "set", "Interface", g.port]
-            args += [f'external_ids:"{k}"="{v}"' for k, v in g.external_ids.items()]
-        vsctl(*args)
+        ip_batch(g.setup_lines(), netns=g.netns)
+        vsctl(*add_port_args(g))
 
     def remove_guest(self, g: Guest) -> None:
         vsctl("--", "del-port", g.bridge, g.port)

@@ -44,6 +44,12 @@ MODULES = (
     ("vport_geneve", False),
     ("vport_gre", False),
     ("virtio_net", False),
+    # The OVN scenario's encap address lives on a dummy device (tests/kernel/ovn.py).
+    ("dummy", False),
+    # A host's kernel loads these on demand when vswitchd opens its NETLINK_NETFILTER socket;
+    # the guest has no modprobe. With them, ovn-controller's conntrack zone flushes and
+    # `ovs-appctl dpctl/dump-conntrack` work as on a host.
+    ("nf_conntrack_netlink", False),
 )
 
 INIT_SCRIPT = r"""#!/bin/busybox sh

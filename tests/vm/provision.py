@@ -5,7 +5,9 @@ downloaded with ``apt-get download`` and unpacked with ``dpkg -x`` under ``.cach
 package scripts run and no daemon starts:
 
 * the two kernels: bookworm's ``linux-image-amd64`` (6.1) and bookworm-backports' (6.12);
-* ``ovs-dpctl`` out of ``openvswitch-switch``;
+* ``ovs-dpctl``, ``ovs-vswitchd`` and ``ovs-vsctl`` out of ``openvswitch-switch``;
+* OVN (``ovn-common``, ``ovn-central``, ``ovn-host``): ovn-northd, ovn-controller, ovn-nbctl,
+  ovn-sbctl and the NB/SB schemas, for the OVN control plane scenario (tests/kernel/ovn.py);
 * ``prometheus`` and ``prometheus-node-exporter``.
 
 Backports is reached through a private apt configuration under ``.cache/vm/apt``: its mirror URI
@@ -30,7 +32,41 @@ from .paths import CACHE_DIR, Kernel, kernel_dir, tools_root
 HOST_PACKAGES = ("qemu-system-x86", "busybox-static", "openvswitch-common")
 
 #: Packages unpacked into ``tools_root()``; installing them would start daemons.
-TOOL_PACKAGES = ("openvswitch-switch", "prometheus", "prometheus-node-exporter")
+TOOL_PACKAGES = (
+    "openvswitch-switch",
+    "ovn-common",
+    "ovn-central",
+    "ovn-host",
+    "prometheus",
+    "prometheus-node-exporter",
+)
+
+#: What the tests run out of ``tools_root()``: setup fails unless unpacking left every one.
+TOOL_FILES = (
+    "usr/bin/ovs-dpctl",
+    "usr/bin/ovs-vsctl",
+    "usr/lib/openvswitch-switch/ovs-vswitchd",
+    "usr/share/openvswitch/vswitch.ovsschema",
+    "usr/bin/ovn-northd",
+    "usr/bin/ovn-controller",
+    "usr/bin/ovn-nbctl",
+    "usr/bin/ovn-sbctl",
+    "usr/bin/ovn-appctl",
+    "usr/share/ovn/ovn-nb.ovsschema",
+    "usr/share/ovn/ovn-sb.ovsschema",
+    "usr/bin/prometheus",
+    "usr/bin/prometheus-node-exporter",
+)
+
+#: The daemons and clients unpacked without their packages' dependencies: the guest runs them
+#: on the host's own libraries (openvswitch-common, qemu-system-x86 and apt bring them all).
+LINKED_TOOLS = (
+    "usr/lib/openvswitch-switch/ovs-vswitchd",
+    "usr/bin/ovn-northd",
+    "usr/bin/ovn-controller",
+    "usr/bin/ovn-nbctl",
+    "usr/bin/ovn-sbctl",
+)
 
 #: Which suite (relative to the host's codename) carries each kernel series.
 KERNEL_SUITES = {"6.1": "{codename}", "6.12": "{codename}-backports"}
@@ -215,26 +251,55 @@ def fetch_kernel(series: str, refresh: bool) -> Kernel:
     return k
 
 
+def tools_stamp() -> str:
+    """What READY records for the tools root: the package list, so that a cache unpacked from
+    another list (an older checkout's, or before a package was added) is fetched again."""
+    return "packages: " + " ".join(TOOL_PACKAGES) + "\n"
+
+
+def tools_ready() -> bool:
+    ready = tools_root().parent / "READY"
+    return ready.is_file() and ready.read_text() == tools_stamp()
+
+
 def fetch_tools(refresh: bool) -> None:
     root = tools_root()
     ready = root.parent / "READY"
-    if ready.is_file() and not refresh:
+    if tools_ready() and not refresh:
         log(f"tools: cached in {root}")
         return
-    if root.exists():
-        shutil.rmtree(root)
+    # Unpacked beside the old root and swapped in at the end: a test reading the tools meanwhile
+    # (the host OVSDB tests take the schema and ovs-vsctl from there) finds one whole tree.
+    staging = root.with_name(root.name + ".new")
+    if staging.exists():
+        shutil.rmtree(staging)
     for pkg in TOOL_PACKAGES:
-        extract(download(f"{pkg}/{os_codename()}"), root)
-    for binary in ("usr/bin/ovs-dpctl", "usr/bin/prometheus", "usr/bin/prometheus-node-exporter"):
-        if not (root / binary).is_file():
-            sys.exit(f"[vm-setup] {binary} missing after unpacking {TOOL_PACKAGES}")
-    ready.write_text("ok\n")
-    log(f"tools: ovs-dpctl, prometheus, prometheus-node-exporter unpacked in {root}")
+        extract(download(f"{pkg}/{os_codename()}"), staging)
+    missing = [f for f in TOOL_FILES if not (staging / f).is_file()]
+    if missing:
+        sys.exit(f"[vm-setup] {', '.join(missing)} missing after unpacking {', '.join(TOOL_PACKAGES)}")
+    for binary in LINKED_TOOLS:
+        libs = run(["ldd", str(staging / binary)], capture_output=True).stdout
+        absent = [line.split()[0] for line in libs.splitlines() if "not found" in line]
+        if absent:
+            sys.exit(f"[vm-setup] {binary} needs {', '.join(absent)}, which this machine lacks")
+    ready.unlink(missing_ok=True)
+    if root.exists():
+        old = root.with_name(root.name + ".old")
+        if old.exists():
+            shutil.rmtree(old)
+        root.rename(old)
+        staging.rename(root)
+        shutil.rmtree(old)
+    else:
+        staging.rename(root)
+    ready.write_text(tools_stamp())
+    log(f"tools: {', '.join(TOOL_PACKAGES)} unpacked in {root}")
 
 
 def provision(kernels: list[str], refresh: bool = False) -> None:
     install_host_packages()
-    need_apt = refresh or not (tools_root().parent / "READY").is_file()
+    need_apt = refresh or not tools_ready()
     need_apt |= any(not (kernel_dir(s) / "READY").is_file() for s in kernels)
     if need_apt:
         prepare_private_apt(refresh)
