@@ -185,6 +185,8 @@ class Config:
     vport_metrics: tuple[str, ...]
     no_upcall_handlers: AlertSettings
     port_churn: AlertSettings
+    meter_dropping: AlertSettings
+    conntrack_zone_fill: AlertSettings
 
 
 def _alert_settings(
@@ -238,6 +240,8 @@ def load_config(path: Path = CONFIG_PATH) -> Config:
         scrape_slow=_alert_settings(raw, "scrape_slow", "threshold_seconds"),
         no_upcall_handlers=_alert_settings(raw, "no_upcall_handlers", None),
         port_churn=_alert_settings(raw, "port_churn", "threshold_per_minute"),
+        meter_dropping=_alert_settings(raw, "meter_dropping", "threshold_per_second"),
+        conntrack_zone_fill=_alert_settings(raw, "conntrack_zone_fill", "threshold"),
     )
 
 
@@ -331,6 +335,18 @@ IDENTITY = (
 )
 
 
+# Who a conntrack zone is for, when the exporter reads OVSDB: OVN's owner of the zone (a logical
+# port, or a router's _dnat/_snat zone) and the kernel vport of that port, looked up in
+# ovs_conntrack_zone_info when the annotation is rendered (nothing for a zone OVN did not assign).
+ZONE_OWNER = (
+    '{{ with printf "ovs_conntrack_zone_info{instance=%q,netns=%q,zone=%q}" '
+    "$labels.instance $labels.netns $labels.zone | query }}"
+    "{{ with first . }}{{ $z := .Labels }} (OVN {{ $z.owner }}"
+    "{{ with $z.port }}, port {{ . }}{{ end }}){{ end }}{{ end }}"
+)
+METER = "{{ $labels.meter }}"
+
+
 def _alert(name: str, expr: str, settings: AlertSettings, summary: str, description: str) -> dict[str, Any]:
     return {
         "alert": name,
@@ -381,6 +397,8 @@ def all_alerting_rules(config: Config) -> list[dict[str, Any]]:
     slow = config.scrape_slow
     handlers = config.no_upcall_handlers
     churn = config.port_churn
+    meter = config.meter_dropping
+    zone = config.conntrack_zone_fill
     lost_rate = '{{ printf "%.2f" $value }}'
     duration = "{{ $value | humanizeDuration }}"
     return [
@@ -456,6 +474,35 @@ def all_alerting_rules(config: Config) -> list[dict[str, Any]]:
             f'{{{{ printf "%.0f" $value }}}} per minute over the last {WINDOW} (threshold '
             f"{_num(churn.threshold)}/min) for {churn.for_}: a VM or pod in a boot loop, or a flapping CNI "
             "or agent. Ports that live shorter than a scrape interval show only here.",
+        ),
+        _alert(
+            "OvsDatapathMeterDropping",
+            f"rate(ovs_datapath_meter_dropped_packets_total[{WINDOW}]) > {_num(meter.threshold)}\n",
+            meter,
+            f'OVS datapath meter {METER} of {DATAPATH} on {INSTANCE} drops {{{{ printf "%.1f" $value }}}} '
+            "packets per second.",
+            f"On {INSTANCE}, meter {METER} of datapath {DATAPATH} has dropped "
+            f'{{{{ printf "%.1f" $value }}}} packets per second over its rate for {meter.for_} (threshold '
+            f"{_num(meter.threshold)}/s). ovs-vswitchd makes datapath meters from OpenFlow meters: OVN's "
+            "control plane protection (CoPP) meters limit ARP, DHCP, ICMP errors or BFD sent to "
+            "ovn-controller, so some of those fail. Which meter: on the host, ovs-appctl dpctl/dump-flows "
+            f"| grep 'meter({METER})' lists the datapath flows that use it (their match says which "
+            "traffic); ovs-ofctl -O OpenFlow15 meter-stats br-int shows the OpenFlow meter whose counters "
+            "equal this one's; with OVN, ovn-nbctl meter-list and ovn-nbctl copp-list name it. Raise its "
+            "rate if the traffic is legitimate, else find the sender (an ARP or DHCP storm).",
+        ),
+        _alert(
+            "OvsConntrackZoneNearLimit",
+            f"ovs_conntrack_zone_connections\n/\n(ovs_conntrack_zone_limit > 0)\n> {_num(zone.threshold)}\n",
+            zone,
+            f"Conntrack zone {{{{ $labels.zone }}}}{ZONE_OWNER} on {INSTANCE} holds {PERCENT} of its "
+            "connection limit.",
+            f"On {INSTANCE}, conntrack zone {{{{ $labels.zone }}}}{ZONE_OWNER} has held {PERCENT} of its "
+            f"connection limit for {zone.for_} (threshold {_percent(zone.threshold)}): at its limit the "
+            "kernel refuses every new connection committed in the zone, which OVN gives one logical port "
+            "(one VM or pod). Counted are the connections committed through OVS in the zone that still "
+            "exist. Raise the limit (ovs-appctl dpctl/ct-set-limits, OVSDB CT_Zone, OVN's ct-zone-limit) "
+            "or find what opens so many connections.",
         ),
     ]
 

@@ -165,16 +165,18 @@ def test_rules_for_fewer_metric_groups(rules_generator: ModuleType, promtool: Pa
     document = _generate(rules_generator, tmp_path, vport_metrics=["packets", "bytes", "info"])
     rules = [rule for group in document["groups"] for rule in group["rules"]]
     for rule in rules:
-        assert not re.search(r"dropped|errors|upcall(s|_fail)", rule["expr"]), (
+        assert not re.search(r"(receive|transmit)_(dropped|errors)|upcall(s|_fail)", rule["expr"]), (
             rule.get("record") or rule["alert"]
         )
     alerts = {rule["alert"] for rule in rules if "alert" in rule}
-    # The datapath's own lost-upcall counter, handler count and port events, and the health alerts
-    # need no per-vport group.
+    # The datapath's own lost-upcall counter, handler count and port events, its meters, the
+    # conntrack zones and the health alerts need no per-vport group.
     assert alerts == {
         "OvsDatapathUpcallsLost",
         "OvsDatapathNoUpcallHandlers",
         "OvsDatapathPortChurnHigh",
+        "OvsDatapathMeterDropping",
+        "OvsConntrackZoneNearLimit",
         "OvsDatapathUnavailable",
         "OvsVportExporterDown",
         "OvsVportExporterScrapeSlow",

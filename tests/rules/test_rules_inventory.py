@@ -19,6 +19,7 @@ from tests.promql_inventory import (
     needs_ovsdb,
     needs_upcall_stats,
     only_with_trouble,
+    reads_meters_or_zones,
     rule_groups,
     substitute,
 )
@@ -85,6 +86,12 @@ def test_inventory_helpers() -> None:
     assert any(joins_identity(expr) for _, expr in all_exprs({}))
     assert needs_upcall_stats("ovs:datapath_upcall_failures:rate5m")
     assert not needs_upcall_stats("ovs_datapath_upcall_handlers == 0")
+    zones = "a * on (instance, job, netns, zone) group_left (owner) ovs_conntrack_zone_info"
+    assert needs_ovsdb(zones) and not joins_identity(zones)
+    assert not needs_ovsdb(f"{zones} or on (instance, job, netns, zone) a")
+    assert reads_meters_or_zones("rate(ovs_datapath_meter_dropped_packets_total[5m])")
+    assert reads_meters_or_zones("ovs_conntrack_zone_connections / ovs_conntrack_zone_limit")
+    assert not reads_meters_or_zones("ovs_datapath_flows") and not reads_meters_or_zones("ovs_up")
 
 
 def test_every_expression_parses(promtool: Path, tmp_path: Path) -> None:
@@ -132,9 +139,10 @@ def _exposition_names() -> set[str]:
     }
 
 
-# Served by a collector the golden exposition does not run: OVSDB identity (issue #10). The
-# per-bridge recording rules that join it record nothing without it (alerts/tests/recording.yml).
-OPTIONAL = {"ovs_interface_info"}
+# Served by a collector the golden exposition does not run: OVSDB identity (issue #10), of ports
+# and of conntrack zones. The per-bridge recording rules that join it record nothing without it
+# (alerts/tests/recording.yml).
+OPTIONAL = {"ovs_interface_info", "ovs_conntrack_zone_info"}
 
 
 def test_queries_read_only_metrics_the_exporter_serves() -> None:
