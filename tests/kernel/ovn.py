@@ -26,8 +26,8 @@ runs inside ``ovs-host``: vswitchd deletes every other datapath of its namespace
   router's ports are reachable from both sides, and ``UNRESOLVED_IP`` is an address on that
   network nobody answers for: each packet routed to it makes lr0 ARP (OVN's ``arp-resolve``).
 
-``OvnHost.start`` builds it all in 6-9 s of guest time under TCG on an idle machine, both
-kernels (docs/testing-vm.md has the measurements).
+``OvnHost.start`` builds it all in 6-7 s of guest time under TCG on an otherwise idle machine
+and 11-12 s when other work shares its cores, on both kernels (docs/testing-vm.md).
 """
 
 from __future__ import annotations

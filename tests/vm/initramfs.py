@@ -47,8 +47,8 @@ MODULES = (
     # The OVN scenario's encap address lives on a dummy device (tests/kernel/ovn.py).
     ("dummy", False),
     # A host's kernel loads these on demand when vswitchd opens its NETLINK_NETFILTER socket;
-    # the guest has no modprobe. With them, ovn-controller's conntrack zone flushes and
-    # `ovs-appctl dpctl/dump-conntrack` work as on a host.
+    # the guest has no modprobe. With them that socket opens and `ovs-appctl
+    # dpctl/dump-conntrack` works, as on a host.
     ("nf_conntrack_netlink", False),
 )
 
