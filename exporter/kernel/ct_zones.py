@@ -25,8 +25,7 @@ it would make the count exceed the limit: a zone at its limit shows count == lim
 from __future__ import annotations
 
 import errno
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from exporter.exposition import Format, family_header, render_labels
@@ -44,7 +43,6 @@ from exporter.kernel.poller import PolledSource, RequestSocket
 from exporter.records import SourceReport
 
 COLLECTOR = "conntrack_zones"
-DEFAULT_INTERVAL = 15.0
 
 DEFAULT_LIMIT_HELP = (
     "The conntrack connection limit of every zone without a limit of its own, in this network"
@@ -134,25 +132,11 @@ class ConntrackZoneSource(PolledSource[ZoneLimits]):
     """The zone limits of every collected namespace; a ``SnapshotSource``."""
 
     collector = COLLECTOR
+    what = "conntrack zone limit reader"
+    thread_name = "ovs-ct-zones"
 
-    def __init__(
-        self,
-        opener: Callable[[str | None], RequestSocket],
-        interval: float = DEFAULT_INTERVAL,
-        namespaces: Callable[[], Sequence[str]] = list,
-        identify: Callable[[str], tuple[int, int]] | None = None,
-        clock: Callable[[], float] = time.perf_counter,
-    ) -> None:
-        super().__init__(
-            what="conntrack zone limit reader",
-            read=read_zone_limits,
-            opener=opener,
-            interval=interval,
-            namespaces=namespaces,
-            identify=identify,
-            thread_name="ovs-ct-zones",
-            clock=clock,
-        )
+    def read(self, sock: RequestSocket, netns: str | None, previous: ZoneLimits | None) -> ZoneLimits:
+        return read_zone_limits(sock, netns, previous)
 
     def report(self, fmt: Format, dumps: Sequence[object]) -> SourceReport:
         """The latest round's zone limits, and each namespace's health. Never blocks."""

@@ -26,8 +26,7 @@ from __future__ import annotations
 
 import errno
 import logging
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from exporter.exposition import Format, family_header, render_labels
@@ -52,7 +51,6 @@ COLLECTOR = "meters"
 PROBE_GAP = 32
 #: The most meter ids one round asks for, per datapath.
 MAX_PROBES = 10_000
-DEFAULT_INTERVAL = 15.0
 
 #: name (without _total), HELP, and the Meter field of each per-meter counter.
 METER_COUNTERS: tuple[tuple[str, str, str], ...] = (
@@ -138,11 +136,11 @@ def read_meters(sock: RequestSocket, netns: str | None, previous: MeterReading |
         requests += asked
         if truncated and (last is None or not last.truncated):
             log.warning(
-                "%sdatapath %s has meters at ids %d and above, past the %d ids a round asks for:"
-                " they are not read (ovs_datapath_meters counts the meters below)",
+                "%sdatapath %s has meters up to id %d, the last of the %d ids a round asks for: those"
+                " above it, if any, are not read (ovs_datapath_meters counts the meters below)",
                 "" if netns is None else f"network namespace {netns}: ",
                 dp.name,
-                MAX_PROBES,
+                MAX_PROBES - 1,
                 MAX_PROBES,
             )
         found.append(_datapath_meters(netns, dp.name, dp.dp_ifindex, limit, meters, truncated))
@@ -205,25 +203,11 @@ class MeterSource(PolledSource[MeterReading]):
     """The meters of every datapath of every collected namespace; a ``SnapshotSource``."""
 
     collector = COLLECTOR
+    what = "meter reader"
+    thread_name = "ovs-meters"
 
-    def __init__(
-        self,
-        opener: Callable[[str | None], RequestSocket],
-        interval: float = DEFAULT_INTERVAL,
-        namespaces: Callable[[], Sequence[str]] = list,
-        identify: Callable[[str], tuple[int, int]] | None = None,
-        clock: Callable[[], float] = time.perf_counter,
-    ) -> None:
-        super().__init__(
-            what="meter reader",
-            read=read_meters,
-            opener=opener,
-            interval=interval,
-            namespaces=namespaces,
-            identify=identify,
-            thread_name="ovs-meters",
-            clock=clock,
-        )
+    def read(self, sock: RequestSocket, netns: str | None, previous: MeterReading | None) -> MeterReading:
+        return read_meters(sock, netns, previous)
 
     def report(self, fmt: Format, dumps: Sequence[DatapathDump]) -> SourceReport:
         """The latest round's meters of the datapaths this scrape serves, and each namespace's health."""

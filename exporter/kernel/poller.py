@@ -247,35 +247,36 @@ class NamespacePoller(Generic[T]):
 
 
 class PolledSource(Generic[T]):
-    """A ``SnapshotSource`` whose data a ``NamespacePoller`` reads; subclasses render ``report``.
-
-    ``collector`` is the source's ``ovs_scrape_collector_success`` label value.
-    """
+    """A ``SnapshotSource`` whose data a ``NamespacePoller`` reads: a subclass names itself
+    (``collector``, the ``ovs_scrape_collector_success`` label value; ``what``, for log lines;
+    ``thread_name``), says how to read (``read``) and renders what was read (``report``)."""
 
     collector: str
+    what: str
+    thread_name: str
 
     def __init__(
         self,
-        *,
-        what: str,
-        read: Read[T],
         opener: Callable[[str | None], RequestSocket],
         interval: float,
-        namespaces: Callable[[], Sequence[str]],
-        identify: Callable[[str], tuple[int, int]] | None,
-        thread_name: str,
-        clock: Callable[[], float],
+        namespaces: Callable[[], Sequence[str]] = list,
+        identify: Callable[[str], tuple[int, int]] | None = None,
+        clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self.poller: NamespacePoller[T] = NamespacePoller(
-            what=what,
-            read=read,
+            what=self.what,
+            read=self.read,
             opener=opener,
             interval=interval,
             namespaces=namespaces,
             identify=identify,
-            thread_name=thread_name,
+            thread_name=self.thread_name,
         )
         self._clock = clock
+
+    def read(self, sock: RequestSocket, netns: str | None, previous: T | None) -> T:
+        """One round in one namespace (``previous``: this namespace's last result, or None)."""
+        raise NotImplementedError
 
     def start(self) -> None:
         self.poller.start()

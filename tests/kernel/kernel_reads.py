@@ -83,6 +83,18 @@ class UdpReceiver:
         self.sock.close()
 
 
+def udp_flows_delivered(src: Guest, dst: Guest, count: int, port: int) -> int:
+    """Send ``count`` new UDP connections (``send_udp_flows``) from ``src`` to ``dst``; how many
+    of them ``dst``'s stack received (a connection a zone at its limit refuses is dropped)."""
+    receiver = UdpReceiver(dst, port)
+    try:
+        send_udp_flows(src, dst.ip, count, port)
+        time.sleep(1)
+        return receiver.drain()
+    finally:
+        receiver.close()
+
+
 def served_meters(scrape: Scrape, datapath: str) -> dict[int, MeterCounts]:
     """What the exporter serves of a datapath's meters, by meter id."""
     names = (

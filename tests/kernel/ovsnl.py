@@ -83,6 +83,15 @@ BAND_ATTR_BURST = 3
 BAND_ATTR_STATS = 4
 METER_BAND_TYPE_DROP = 1
 
+# enum ovs_flow_cmd, ovs_flow_attr, ovs_key_attr (only what a minimal exact-match flow needs)
+FLOW_FAMILY = "ovs_flow"
+FLOW_VERSION = 1
+FLOW_ATTR_KEY = 1
+FLOW_ATTR_ACTIONS = 2
+KEY_ATTR_IN_PORT = 3
+KEY_ATTR_ETHERNET = 4  # struct ovs_key_ethernet { u8 eth_src[6]; u8 eth_dst[6]; }
+KEY_ATTR_ETHERTYPE = 6  # be16
+
 # enum ovs_ct_limit_cmd: SET 1, DEL 2, GET 3; struct ovs_zone_limit { int zone_id; u32 limit; u32 count; }
 CT_LIMIT_FAMILY = "ovs_ct_limit"
 CT_LIMIT_VERSION = 1
@@ -557,6 +566,27 @@ class OvsNetlink:
             nla_u32(METER_ATTR_ID, meter_id),
             NLM_F_ACK,
         )
+
+    # --- flows (benchmarks only: what ovs-vswitchd does under ovs_mutex for each flow it sets up) ---
+
+    @staticmethod
+    def _flow_key(in_port: int, src: bytes, dst: bytes, ethertype: int) -> bytes:
+        key = nla_u32(KEY_ATTR_IN_PORT, in_port) + nla(KEY_ATTR_ETHERNET, src + dst)
+        key += nla(KEY_ATTR_ETHERTYPE, struct.pack("!H", ethertype))
+        return nla(FLOW_ATTR_KEY | NLA_F_NESTED, key)
+
+    def flow_new(
+        self, dp_ifindex: int, in_port: int, src: bytes, dst: bytes, ethertype: int = 0x88B5
+    ) -> None:
+        """OVS_FLOW_CMD_NEW of an exact-match drop flow (no actions), acknowledged; CAP_NET_ADMIN."""
+        attrs = self._flow_key(in_port, src, dst, ethertype) + nla(FLOW_ATTR_ACTIONS | NLA_F_NESTED, b"")
+        self._request(FLOW_FAMILY, FLOW_VERSION, CMD_NEW, dp_ifindex, attrs, NLM_F_ACK)
+
+    def flow_del(
+        self, dp_ifindex: int, in_port: int, src: bytes, dst: bytes, ethertype: int = 0x88B5
+    ) -> None:
+        attrs = self._flow_key(in_port, src, dst, ethertype)
+        self._request(FLOW_FAMILY, FLOW_VERSION, CMD_DEL, dp_ifindex, attrs, NLM_F_ACK)
 
     # --- conntrack zone limits (per network namespace) ---
 

@@ -112,6 +112,15 @@ def identities(scrape: Scrape) -> set[Labels]:
     return {lbls for name, lbls, _ in scrape.samples if name == "ovs_interface_info"}
 
 
+def zone_infos(scrape: Scrape) -> dict[str, dict[str, str]]:
+    """The labels of ``ovs_conntrack_zone_info`` by zone: whose each conntrack zone is, from OVSDB."""
+    return {
+        dict(lbls)["zone"]: dict(lbls)
+        for name, lbls, _ in scrape.samples
+        if name == "ovs_conntrack_zone_info"
+    }
+
+
 def fetch_text(url: str, accept: str | None = None, timeout: float = 60) -> str:
     """The body as served, in the format ``accept`` asks for (none: the text format)."""
     request = urllib.request.Request(url, headers={"Accept": accept} if accept else {})

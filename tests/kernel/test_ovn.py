@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from .conftest import consistent, nothing_runs_after
-from .kernel_reads import FAST_READERS, UdpReceiver, kernel_meters, meters_agree, send_udp_flows, zones_agree
+from .kernel_reads import FAST_READERS, kernel_meters, meters_agree, udp_flows_delivered, zones_agree
 from .netns import write_sysctl
 from .ovn import (
     ALLOWED_PORT,
@@ -49,7 +49,7 @@ from .ovn import (
 )
 from .ovsnl import OvsNetlink
 from .procs import Exporter, scrape_until
-from .promtext import Scrape, diff, expected_series, identities
+from .promtext import Scrape, diff, expected_series, identities, zone_infos
 from .vswitchd import DATAPATH, GENEVE_VPORT, HOST_NS, appctl, expected_identity, ovsdb_tables, ping
 
 #: The Interface external_ids the exporter is told to turn into labels (os-vif writes these).
@@ -352,20 +352,9 @@ def test_a_limit_on_the_zone_ovn_gave_a_vm_counts_and_refuses_its_connections(
     # Unanswered UDP connections live 30 s by default: long enough for this test to read them here.
     write_sysctl(HOST_NS, {"net.netfilter.nf_conntrack_udp_timeout": "600"})
     appctl("dpctl/ct-set-limits", f"zone={zone},limit={limit}")
-    receiver = UdpReceiver(VM3, port)
-    try:
-        send_udp_flows(VM1, VM3.ip, limit + 3, port)
-        time.sleep(1)
-        assert receiver.drain() == limit
-    finally:
-        receiver.close()
+    assert udp_flows_delivered(VM1, VM3, limit + 3, port) == limit
     (default, zones), scrape = zones_agree(host_nl, host_exporter)
     assert default == 0 and zones == {zone: (limit, limit)}
-
-    def zone_infos(s: Scrape) -> dict[str, dict[str, str]]:
-        return {
-            dict(lbls)["zone"]: dict(lbls) for name, lbls, _ in s.samples if name == "ovs_conntrack_zone_info"
-        }
 
     # Every zone ovn-controller recorded on br-int, VM ports with their vports.
     recorded = ct_zones()

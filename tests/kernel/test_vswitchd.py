@@ -27,11 +27,11 @@ from exporter.ovsdb.identity import DEFAULT_EXTERNAL_IDS
 from tests import promql_inventory
 
 from .conftest import HAS_UPCALL_STATS, NOBODY, consistent
-from .kernel_reads import UdpReceiver, flood_udp, meters_agree, send_udp_flows, zones_agree
+from .kernel_reads import UdpReceiver, flood_udp, meters_agree, udp_flows_delivered, zones_agree
 from .netns import write_sysctl
 from .ovsnl import OvsNetlink
 from .procs import Exporter, Prometheus, scrape_until
-from .promtext import Scrape, diff, expected_series, identities
+from .promtext import Scrape, diff, expected_series, identities, zone_infos
 from .topology import DpctlDatapath, dpctl_diff, sh
 from .vswitchd import (
     DATAPATH,
@@ -411,15 +411,8 @@ def test_zone_limits_count_committed_connections_and_refuse_past_the_limit(
     appctl("dpctl/ct-set-limits", f"zone={NOVA_ZONE},limit=100", f"zone={KUBEOVN_ZONE},limit={ZONE_LIMIT}")
     ofctl("add-flow", "br-int", f"priority=210,udp,in_port={ofport(KUBEOVN)},nw_dst={EXT.ip},tp_dst={ZONED_PORT},"
           f"actions=ct(commit,zone={KUBEOVN_ZONE}),NORMAL")  # fmt: skip
-    receiver = UdpReceiver(EXT, ZONED_PORT)
-    try:
-        send_udp_flows(KUBEOVN, EXT.ip, ZONE_LIMIT + 3, ZONED_PORT)
-        time.sleep(1)
-        # The kernel committed ZONE_LIMIT connections in the zone and refused the others, whose
-        # packets it dropped.
-        assert receiver.drain() == ZONE_LIMIT
-    finally:
-        receiver.close()
+    # The kernel commits ZONE_LIMIT connections in the zone and refuses the others, whose packets it drops.
+    assert udp_flows_delivered(KUBEOVN, EXT, ZONE_LIMIT + 3, ZONED_PORT) == ZONE_LIMIT
     (default, zones), scrape = zones_agree(host_nl, host_exporter)
     assert default == 0
     assert zones == {NOVA_ZONE: (100, 0), KUBEOVN_ZONE: (ZONE_LIMIT, ZONE_LIMIT)}
@@ -431,11 +424,6 @@ def test_zone_limits_count_committed_connections_and_refuse_past_the_limit(
 
     # Who each zone is for: OVN's owner (the logical port, the Interface's iface-id) and its vport,
     # which joins the zone to ovs_interface_info (and so to the VM or pod).
-    def zone_infos(s: Scrape) -> dict[str, dict[str, str]]:
-        return {
-            dict(lbls)["zone"]: dict(lbls) for name, lbls, _ in s.samples if name == "ovs_conntrack_zone_info"
-        }
-
     want = {
         str(z): {"zone": str(z), "bridge": "br-int", "owner": g.iface_id, "iface_id": g.iface_id,
                  "datapath": DATAPATH, "port": g.port}

@@ -102,8 +102,8 @@ def golden_meters_and_zones() -> tuple[MeterSource, ConntrackZoneSource, FakeKer
         default_limit=0,
         zone_limits={4: (1000, 12), 2: (100, 100)},
     )
-    meters = MeterSource(lambda netns: FakeGenlSocket(kernel))
-    zones = ConntrackZoneSource(lambda netns: FakeGenlSocket(kernel))
+    meters = MeterSource(lambda netns: FakeGenlSocket(kernel), interval=15)
+    zones = ConntrackZoneSource(lambda netns: FakeGenlSocket(kernel), interval=15)
     meters.poller.poll()
     zones.poller.poll()
     return meters, zones, kernel
