@@ -83,9 +83,12 @@ bench: setup
 	$(BIN)/python -m benchmarks.load
 	$(BIN)/python -m benchmarks.events
 
+## In the VM: the scrape on a real datapath against a bare decode, then what the meter and
+## conntrack zone readers cost (requests, time, memory, and ovs-vswitchd's flow setups beside them).
 bench-vm: setup
 	bash tests/vm/setup.sh
 	$(BIN)/python -m tests.vm run --kernel 6.12 --quiet -- python -m benchmarks.vm_compare --vports 3000 --runs 15
+	$(BIN)/python -m tests.vm run --kernel 6.12 --quiet --timeout 2400 -- python -m benchmarks.kernel_readers
 
 ## Series a host costs in Prometheus at 100, 1,000 and 10,000 vports (docs/fleet.md).
 series: setup tools
