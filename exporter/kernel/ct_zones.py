@@ -63,7 +63,7 @@ class ZoneLimits:
     default_limit: int
     zones: tuple[ZoneLimit, ...]  # by zone id
     chunked: bool  # read zone id by zone id, since the zones did not fit one reply
-    requests: int
+    requests: int  # what the round sent, the GET that failed with EMSGSIZE included
     default_line: str
     limit_lines: str
     connection_lines: str
@@ -79,7 +79,8 @@ def read_zone_limits(sock: RequestSocket, netns: str | None, previous: ZoneLimit
     except NetlinkError as err:
         if err.errno != errno.EMSGSIZE:
             raise
-        return _zone_limits(netns, *_read_every_zone(sock, family), chunked=True)
+        default_limit, zones, requests = _read_every_zone(sock, family)
+        return _zone_limits(netns, default_limit, zones, 1 + requests, chunked=True)
     if reply.default_limit is None:
         raise DecodeError("ct_limit GET: the reply holds no default limit (zone -1)")
     return _zone_limits(netns, reply.default_limit, reply.zones, 1, chunked=False)
@@ -94,7 +95,10 @@ def _read_every_zone(sock: RequestSocket, family: int) -> tuple[int, tuple[ZoneL
     requests = 0
     for start in range(0, len(ids), ZONES_PER_REQUEST):
         request = encode_ct_limit_get(family, sock.next_seq(), ids[start : start + ZONES_PER_REQUEST])
-        reply = decode_ct_limits(*sock.get(request, family, "ct_limit GET of zone ids"))
+        # The first chunk starts with the default limit (zone -1): the later ones skip its zones.
+        reply = decode_ct_limits(
+            *sock.get(request, family, "ct_limit GET of zone ids"), skip_limit=default_limit
+        )
         requests += 1
         if start == 0:
             if reply.default_limit is None:

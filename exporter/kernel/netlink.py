@@ -300,7 +300,7 @@ def _decode_value(buf: bytes, start: int, end: int, kind: AttrType, what: str, a
                 f"{what} attribute {atype} at offset {start - 4}: {size} bytes, not whole {width}-byte"
                 f" {kind.layout.name} structs"
             )
-        return [kind.layout.unpack.unpack_from(buf, at) for at in range(start, end, width)]
+        return list(kind.layout.unpack.iter_unpack(memoryview(buf)[start:end]))
     if isinstance(kind, NestArray):
         return [kind.attrs.decode(buf, s, e) for _index, s, e in iter_attrs(buf, start, end, what)]
     if kind == "string":

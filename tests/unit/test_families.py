@@ -571,6 +571,9 @@ def test_ct_limit_reply_default_then_zones() -> None:
     reply = ct_limit_message(3, [(-1, 0, 0), (5, 100, 37), (7, 0, 0)])
     assert decode_ct_limits(*one(reply)) == CtLimits(0, (ZoneLimit(5, 100, 37), ZoneLimit(7, 0, 0)))
     assert decode_ct_limits(*one(ct_limit_message(3, [(9, 4, 4)]))) == CtLimits(None, (ZoneLimit(9, 4, 4),))
+    # Reading every zone id: the zones at the default limit are left out as they are decoded.
+    asked = ct_limit_message(3, [(-1, 50, 0), (1, 50, 0), (2, 7, 7), (3, 50, 2)])
+    assert decode_ct_limits(*one(asked), skip_limit=50) == CtLimits(50, (ZoneLimit(2, 7, 7),))
 
 
 @pytest.mark.parametrize(

@@ -82,8 +82,13 @@ def encode_ct_limit_get(family_id: int, seq: int, zones: Sequence[int] | None = 
     return encode_ovs_get(family_id, OVS_CT_LIMIT_VERSION, seq, 0, attrs, dump=False)
 
 
-def decode_ct_limits(buf: bytes, message: Message) -> CtLimits:
-    """Decode the reply to ``OVS_CT_LIMIT_CMD_GET``."""
+def decode_ct_limits(buf: bytes, message: Message, skip_limit: int | None = None) -> CtLimits:
+    """Decode the reply to ``OVS_CT_LIMIT_CMD_GET``.
+
+    ``skip_limit``: zones whose limit is this one are left out. A read of every zone id keeps
+    only those whose limit is not the default, and a record is made only for them (the
+    default's zones are most of 65,536).
+    """
     _dp_ifindex, pos = ovs_start(buf, message, "ct_limit")
     attrs = CT_LIMIT.decode(buf, pos, message.end)
     entries = attrs.get("ZONE_LIMIT")
@@ -92,10 +97,12 @@ def decode_ct_limits(buf: bytes, message: Message) -> CtLimits:
     default_limit = None
     zones = []
     for zone_id, limit, count in entries:
-        if zone_id == OVS_ZONE_LIMIT_DEFAULT_ZONE:
+        if not 0 <= zone_id <= MAX_ZONE:
+            if zone_id != OVS_ZONE_LIMIT_DEFAULT_ZONE:
+                raise DecodeError(
+                    f"ct_limit message at offset {message.start}: zone id {zone_id} out of range"
+                )
             default_limit = limit
-        elif 0 <= zone_id <= MAX_ZONE:
+        elif limit != skip_limit:
             zones.append(ZoneLimit(zone_id, limit, count))
-        else:
-            raise DecodeError(f"ct_limit message at offset {message.start}: zone id {zone_id} out of range")
     return CtLimits(default_limit, tuple(zones))
