@@ -1062,10 +1062,7 @@ def port_detail(limits: Thresholds) -> dash.Dashboard:
     # The zone OVN gave this port's logical port (ovs_conntrack_zone_info names its vport).
     zone = zone_info(sel)
     on = f"on ({ZONE_JOIN}) group_left"
-    no_zone = (
-        "no limited conntrack zone for this port (needs --collector.ovsdb, and OVN's ct-zone-<logical "
-        "port> on the bridge)"
-    )
+    no_zone = "no limited zone for this port (needs --collector.ovsdb and OVN's ct-zone keys)"
     board = board.with_panel(
         graph(
             ids,
