@@ -85,9 +85,12 @@ bench: setup
 	$(BIN)/python -m benchmarks.events
 	$(BIN)/python -m benchmarks.flows
 
+## In the VM: the scrape on a real datapath against a bare decode, then what the meter and
+## conntrack zone readers cost (requests, time, memory, and ovs-vswitchd's flow setups beside them).
 bench-vm: setup
 	bash tests/vm/setup.sh
 	$(BIN)/python -m tests.vm run --kernel 6.12 --quiet -- python -m benchmarks.vm_compare --vports 3000 --runs 15
+	$(BIN)/python -m tests.vm run --kernel 6.12 --quiet --timeout 2400 -- python -m benchmarks.kernel_readers
 
 ## The flow dump against ovs-dpctl dump-flows on real tables of 1,000 to 200,000 flows, then a scrape
 ## of 10,000 vports with a 200,000-flow dump running, in the VM (about 20 minutes).

@@ -221,6 +221,8 @@ class Config:
     flow_drops: AlertSettings
     flow_table_hog: AlertSettings
     flow_dumps_failing: AlertSettings
+    meter_dropping: AlertSettings
+    conntrack_zone_fill: AlertSettings
 
 
 def _alert_settings(
@@ -297,6 +299,8 @@ def load_config(path: Path = CONFIG_PATH) -> Config:
         flow_drops=_alert_settings(raw, "flow_drops", "threshold_per_second"),
         flow_table_hog=_alert_settings(raw, "flow_table_hog", "share", min_flows_key="min_flows"),
         flow_dumps_failing=_alert_settings(raw, "flow_dumps_failing", None),
+        meter_dropping=_alert_settings(raw, "meter_dropping", "threshold_per_second"),
+        conntrack_zone_fill=_alert_settings(raw, "conntrack_zone_fill", "threshold"),
     )
 
 
@@ -435,6 +439,17 @@ WORKLOAD = (
     "{{ with $labels.vm_uuid }}, VM {{ . }}{{ end }}){{ end }}"
 )
 
+# Who a conntrack zone is for, when the exporter reads OVSDB: OVN's owner of the zone (a logical
+# port, or a router's _dnat/_snat zone) and the kernel vport of that port, looked up in
+# ovs_conntrack_zone_info when the annotation is rendered (nothing for a zone OVN did not assign).
+ZONE_OWNER = (
+    '{{ with printf "ovs_conntrack_zone_info{instance=%q,netns=%q,zone=%q}" '
+    "$labels.instance $labels.netns $labels.zone | query }}"
+    "{{ with first . }}{{ $z := .Labels }} (OVN {{ $z.owner }}"
+    "{{ with $z.port }}, port {{ . }}{{ end }}){{ end }}{{ end }}"
+)
+METER = "{{ $labels.meter }}"
+
 
 def _alert(name: str, expr: str, settings: AlertSettings, summary: str, description: str) -> dict[str, Any]:
     return {
@@ -491,6 +506,8 @@ def all_alerting_rules(config: Config) -> list[dict[str, Any]]:
     flow_drops = config.flow_drops
     hog = config.flow_table_hog
     dumps = config.flow_dumps_failing
+    meter = config.meter_dropping
+    zone = config.conntrack_zone_fill
     lost_rate = '{{ printf "%.2f" $value }}'
     duration = "{{ $value | humanizeDuration }}"
     netns = "{{ with $labels.netns }} (network namespace {{ . }}){{ end }}"
@@ -620,6 +637,35 @@ def all_alerting_rules(config: Config) -> list[dict[str, Any]]:
             "served and the drop-flow counters stand still. The exporter's log says why; if "
             "ovs_datapath_flow_dumps_abandoned_total grows, the table is over the cap: raise "
             "--collector.flows.max-flows or --collector.flows.max-seconds.",
+        ),
+        _alert(
+            "OvsDatapathMeterDropping",
+            f"rate(ovs_datapath_meter_dropped_packets_total[{WINDOW}]) > {_num(meter.threshold)}\n",
+            meter,
+            f'OVS datapath meter {METER} of {DATAPATH} on {INSTANCE} drops {{{{ printf "%.1f" $value }}}} '
+            "packets per second.",
+            f"On {INSTANCE}, meter {METER} of datapath {DATAPATH} has dropped "
+            f'{{{{ printf "%.1f" $value }}}} packets per second over its rate for {meter.for_} (threshold '
+            f"{_num(meter.threshold)}/s). ovs-vswitchd makes datapath meters from OpenFlow meters: OVN's "
+            "control plane protection (CoPP) meters limit ARP, DHCP, ICMP errors or BFD sent to "
+            "ovn-controller, so some of those fail. Which meter: on the host, ovs-appctl dpctl/dump-flows "
+            f"| grep 'meter({METER})' lists the datapath flows that use it (their match says which "
+            "traffic); ovs-ofctl -O OpenFlow15 meter-stats br-int shows the OpenFlow meter whose counters "
+            "equal this one's; with OVN, ovn-nbctl meter-list and ovn-nbctl copp-list name it. Raise its "
+            "rate if the traffic is legitimate, else find the sender (an ARP or DHCP storm).",
+        ),
+        _alert(
+            "OvsConntrackZoneNearLimit",
+            f"ovs_conntrack_zone_connections\n/\n(ovs_conntrack_zone_limit > 0)\n> {_num(zone.threshold)}\n",
+            zone,
+            f"Conntrack zone {{{{ $labels.zone }}}}{ZONE_OWNER} on {INSTANCE} holds {PERCENT} of its "
+            "connection limit.",
+            f"On {INSTANCE}, conntrack zone {{{{ $labels.zone }}}}{ZONE_OWNER} has held {PERCENT} of its "
+            f"connection limit for {zone.for_} (threshold {_percent(zone.threshold)}): at its limit the "
+            "kernel refuses every new connection committed in the zone, which OVN gives one logical port "
+            "(one VM or pod). Counted are the connections committed through OVS in the zone that still "
+            "exist. Raise the limit (ovs-appctl dpctl/ct-set-limits, OVSDB CT_Zone, OVN's ct-zone-limit) "
+            "or find what opens so many connections.",
         ),
     ]
 

@@ -87,6 +87,26 @@ DIRECTION = (
 )
 #: What the kernel's flow table counts leaves out offloaded traffic, which the ports count.
 NOT_OFFLOADED = "Traffic offloaded to tc flower or a NIC never reaches this table, though its ports count it."
+# Who a conntrack zone is for, from OVSDB (ovs_conntrack_zone_info, the exporter's --collector.ovsdb):
+# OVN records each zone it assigns on br-int. One info series per zone is picked (topk by zone): a
+# stale second key for the same zone must not break the join.
+ZONE_JOIN = "instance, job, netns, zone"
+ZONE_INFO = "ovs_conntrack_zone_info"
+# How to find what a datapath meter is: its id means nothing outside the datapath.
+METER_HOWTO = (
+    "ovs-vswitchd makes datapath meters from OpenFlow meters (OVN: control plane protection, ACL "
+    "logging, QoS) and numbers them itself, from 0. To find which one a meter id is, on the host: "
+    "ovs-appctl dpctl/dump-flows shows the flows using meter(ID) and what they match; "
+    "ovs-ofctl -O OpenFlow15 meter-stats br-int shows the OpenFlow meter with the same counters; "
+    "with OVN, ovn-nbctl meter-list and copp-list name it (docs/dashboards.md, Meters)."
+)
+
+
+def zone_info(selector: str) -> str:
+    """One ovs_conntrack_zone_info series per zone, for a group_left join."""
+    return f"topk by ({ZONE_JOIN}) (1, {ZONE_INFO}{{{selector}}})"
+
+
 #: Stat colours of a 0/1 health value (up, success) or a count where 0 is the trouble.
 RED_BELOW_ONE = [Threshold(value=None, color="red"), Threshold(value=1, color="green")]
 #: Stat colours of a count where anything above 0 is the trouble.
@@ -128,6 +148,7 @@ class Thresholds:
     port_churn_per_minute: float
     flow_drops_per_second: float
     flow_table_share: float
+    zone_fill: float = 0.9
     record_per_port: bool = True
 
 
@@ -144,6 +165,7 @@ def load_thresholds(path: Path = CONFIG_PATH) -> Thresholds:
         port_churn_per_minute=float(raw["port_churn"]["threshold_per_minute"]),
         flow_drops_per_second=float(raw["flow_drops"]["threshold_per_second"]),
         flow_table_share=float(raw["flow_table_hog"]["share"]),
+        zone_fill=float(raw["conntrack_zone_fill"]["threshold"]),
         record_per_port=bool(raw.get("record_per_port", True)),
     )
 
@@ -849,7 +871,88 @@ def overview(limits: Thresholds) -> dash.Dashboard:
             limit=limits.port_churn_per_minute,
         )
     )
+    board = meter_and_zone_rows(board, ids, limits, inst, dp, where)
     return flow_table_rows(board, ids, limits, dp, port, who)
+
+
+def meter_and_zone_rows(
+    board: dash.Dashboard, ids: PanelIds, limits: Thresholds, inst: str, dp: str, where: str
+) -> dash.Dashboard:
+    """The overview's row of datapath meters and conntrack zone limits (on by default)."""
+    board = board.with_row(dash.Row("Meters and conntrack zones").id(ids()))
+    meter_where = f"{where} meter {{{{meter}}}}"
+
+    def top_meters(counter: str) -> str:
+        return f"topk({TOP_N}, rate(ovs_datapath_meter_{counter}_total{{{dp}}}[$__rate_interval]))"
+
+    board = board.with_panel(
+        graph(
+            ids,
+            f"Packets dropped by meters (top {TOP_N})",
+            "pps",
+            [Query(top_meters("dropped_packets"), meter_where)],
+            description="Packets each datapath meter dropped over its rate (its drop band), per second: "
+            "above 0 for 10 minutes raises OvsDatapathMeterDropping. " + METER_HOWTO,
+            no_value="no meters (or --no-collector.meters)",
+        )
+    )
+    board = board.with_panel(
+        graph(
+            ids,
+            f"Packets reaching meters (top {TOP_N})",
+            "pps",
+            [Query(top_meters("packets"), meter_where)],
+            description="Packets that reached each datapath meter per second, passed or dropped. "
+            "A meter replaced by ovs-vswitchd starts again from 0: a counter reset, which rate() takes "
+            "in its stride.",
+            no_value="no meters (or --no-collector.meters)",
+        )
+    )
+    fill = f"ovs_conntrack_zone_connections{{{inst}}}\n/\n(ovs_conntrack_zone_limit{{{inst}}} > 0)"
+    top_zones = f"topk({TOP_N}, {fill})"
+    board = board.with_panel(
+        graph(
+            ids,
+            f"Conntrack zone fill (top {TOP_N})",
+            "percentunit",
+            [
+                Query(
+                    f"{top_zones}\n* on ({ZONE_JOIN}) group_left (owner, port)\n{zone_info(inst)}"
+                    f"\nor on ({ZONE_JOIN})\n{top_zones}",
+                    "{{instance}} zone {{zone}} {{owner}} {{port}}",
+                )
+            ],
+            description="Connections counted against each limited conntrack zone, as a share of its "
+            "limit: at 100% the kernel refuses new connections in the zone. With OVN each logical port "
+            "has its zone: owner is the logical port (or router) and port its kernel vport, from OVSDB "
+            "(the exporter's --collector.ovsdb); zones OVN did not assign show without them. Counted are "
+            "connections committed through OVS while the zone had a limit. The red line is the "
+            "OvsConntrackZoneNearLimit threshold.",
+            width=16,
+            limit=limits.zone_fill,
+            no_value="no zone has a limit of its own (or --no-collector.conntrack-zones)",
+        )
+    )
+    board = board.with_panel(
+        big_number(
+            ids,
+            "Meters and zone limits read",
+            "none",
+            [
+                Query(
+                    f'ovs_scrape_collector_success{{{inst}, collector=~"meters|conntrack_zones"}}',
+                    "{{instance}} {{collector}} {{netns}}",
+                )
+            ],
+            description="Whether the exporter's background readers of the datapaths' meters (ovs_meter) and "
+            "of the conntrack zone limits (ovs_ct_limit) completed their last round: 0 when the kernel "
+            "lacks the family (a module built without conntrack limits or meters) or a read failed (the "
+            "exporter's log says why). No value when the collector is off.",
+            width=8,
+            steps=RED_BELOW_ONE,
+        )
+    )
+    return board
 
 
 def flow_table_rows(
@@ -1220,6 +1323,72 @@ def port_detail(limits: Thresholds) -> dash.Dashboard:
             [Query(f"ovs_datapath_flows{{{dp}}}", "flows"), Query(f"ovs_datapath_masks{{{dp}}}", "masks")],
             description="Flows and megaflow masks installed in the datapath's flow table, not those "
             "offloaded to tc flower or a NIC.",
+        )
+    )
+    board = board.with_row(dash.Row("Conntrack zone").id(ids()))
+    # The zone OVN gave this port's logical port (ovs_conntrack_zone_info names its vport).
+    zone = zone_info(sel)
+    on = f"on ({ZONE_JOIN}) group_left"
+    no_zone = "no limited zone for this port (needs --collector.ovsdb and OVN's ct-zone keys)"
+    board = board.with_panel(
+        graph(
+            ids,
+            "Conntrack zone fill",
+            "percentunit",
+            [
+                Query(
+                    f"ovs_conntrack_zone_connections{{{inst}}} / (ovs_conntrack_zone_limit{{{inst}}} > 0)"
+                    f"\n* {on} (owner)\n{zone}",
+                    "zone {{zone}} ({{owner}})",
+                )
+            ],
+            description="Connections counted against the limit of the conntrack zone OVN gave this "
+            "port's logical port, as a share of the limit: at 100% the kernel refuses the port's new "
+            "connections. The red line is the OvsConntrackZoneNearLimit threshold.",
+            limit=limits.zone_fill,
+            no_value=no_zone,
+        )
+    )
+    board = board.with_panel(
+        graph(
+            ids,
+            "Conntrack zone connections and limit",
+            "short",
+            [
+                Query(
+                    f"ovs_conntrack_zone_connections{{{inst}}}\n* {on} ()\n{zone}",
+                    "zone {{zone}} connections",
+                ),
+                Query(f"ovs_conntrack_zone_limit{{{inst}}}\n* {on} ()\n{zone}", "zone {{zone}} limit"),
+            ],
+            description="Connections committed through OVS in the port's conntrack zone that still exist, "
+            "and the zone's own limit (ovs-appctl dpctl/ct-set-limits, OVSDB CT_Zone, OVN's "
+            "ct-zone-limit).",
+            no_value=no_zone,
+        )
+    )
+
+    board = board.with_row(dash.Row("Datapath $datapath").id(ids()))
+    board = board.with_panel(
+        graph(
+            ids,
+            "Flow table lookups",
+            "pps",
+            [
+                Query(f"ovs:datapath_lookup_hits:rate5m{{{dp}}}", "hit"),
+                Query(f"ovs:datapath_lookup_misses:rate5m{{{dp}}}", "missed"),
+                Query(f"ovs:datapath_lookup_lost:rate5m{{{dp}}}", "lost"),
+            ],
+            description="The whole datapath's lookups, from the recording rules (5-minute rates).",
+        )
+    )
+    board = board.with_panel(
+        graph(
+            ids,
+            "Flows and masks",
+            "short",
+            [Query(f"ovs_datapath_flows{{{dp}}}", "flows"), Query(f"ovs_datapath_masks{{{dp}}}", "masks")],
+            description="Flows and megaflow masks installed in the datapath.",
         )
     )
     return board

@@ -31,11 +31,13 @@ from exporter.config import (
 )
 from exporter.http import webconfig
 from exporter.http.server import HttpMetrics, MetricsServer
+from exporter.kernel.ct_zones import ConntrackZoneSource
 from exporter.kernel.dumps import KernelSource, NamespaceSources, open_link_socket_in
 from exporter.kernel.events import EventListener, open_sockets
 from exporter.kernel.flow_worker import WorkerConfig
 from exporter.kernel.flows import FlowSource
-from exporter.kernel.genl import open_socket
+from exporter.kernel.genl import GenlSocket, open_socket
+from exporter.kernel.meters import MeterSource
 from exporter.kernel.netns import namespace_id
 from exporter.ovsdb.identity import DEFAULT_EXTERNAL_IDS, IdentitySource
 
@@ -71,6 +73,8 @@ _FLAG_OF_KEY = {
     "collector.flows_interval_seconds": "--collector.flows.interval",
     "collector.flows_max_flows": "--collector.flows.max-flows",
     "collector.flows_max_seconds": "--collector.flows.max-seconds",
+    "collector.meters_interval_seconds": "--collector.meters.interval",
+    "collector.conntrack_zones_interval_seconds": "--collector.conntrack-zones.interval",
     **{f"filters.{subject}.{rule}": flag for flag, subject, rule in _FILTER_FLAGS},
 }
 
@@ -234,6 +238,34 @@ def _parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help=f"A flow dump running longer is abandoned (default {FLOWS_MAX_SECONDS:g}).",
     )
+    p.add_argument(
+        "--collector.meters",
+        dest="meters",
+        action=argparse.BooleanOptionalAction,
+        help="Read every datapath's meters (ovs_meter, one GET per meter id) in the background "
+        "(default on; --no-collector.meters turns it off).",
+    )
+    p.add_argument(
+        "--collector.meters.interval",
+        dest="meters_interval",
+        type=float,
+        metavar="SECONDS",
+        help="Seconds between two rounds of meter reads (default 15).",
+    )
+    p.add_argument(
+        "--collector.conntrack-zones",
+        dest="conntrack_zones",
+        action=argparse.BooleanOptionalAction,
+        help="Read the conntrack zone limits and their connection counts (ovs_ct_limit) in the background "
+        "(default on; --no-collector.conntrack-zones turns it off).",
+    )
+    p.add_argument(
+        "--collector.conntrack-zones.interval",
+        dest="conntrack_zones_interval",
+        type=float,
+        metavar="SECONDS",
+        help="Seconds between two reads of the conntrack zone limits (default 15).",
+    )
     p.add_argument("--version", action="version", version=f"{PROG} version {__version__}")
     return p  # fmt: skip
 
@@ -272,6 +304,25 @@ def load_config(argv: Sequence[str]) -> Config:
     except ConfigError as err:
         key = str(err).split(":", 1)[0]
         raise ConfigError(f"flag {_FLAG_OF_KEY.get(key, key)}: {str(err).split(': ', 1)[-1]}") from None
+
+
+def _polled_sources(
+    config: Config, namespaces: NamespaceSources | None
+) -> list[MeterSource | ConntrackZoneSource]:
+    """The background kernel readers the configuration turns on, started."""
+
+    def opener(netns: str | None) -> GenlSocket:
+        return open_socket(config.netlink_timeout, netns)
+
+    follow = namespaces.namespaces if namespaces is not None else list
+    sources: list[MeterSource | ConntrackZoneSource] = []
+    if config.meters:
+        sources.append(MeterSource(opener, config.meters_interval, follow, namespace_id))
+    if config.conntrack_zones:
+        sources.append(ConntrackZoneSource(opener, config.conntrack_zones_interval, follow, namespace_id))
+    for polled in sources:
+        polled.start()
+    return sources
 
 
 def _stop(signum: int, frame: FrameType | None) -> NoReturn:
@@ -338,6 +389,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         )
         flows.start()
+    polled = _polled_sources(config, namespaces)
     collector = Collector(
         source,
         config.filters,
@@ -346,6 +398,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         vport_metrics=config.vport_metrics,
         snapshot_sources=[
             *listeners,
+            *polled,
             *([identity] if identity is not None else []),
             *([flows] if flows is not None else []),
         ],
@@ -370,6 +423,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             listener.close()
         if flows is not None:
             flows.close()
+        for polled_source in polled:
+            polled_source.close()
         return 1
     signal.signal(signal.SIGTERM, _stop)
     scheme = "https" if web_config is not None and web_config.ssl_context is not None else "http"
@@ -392,6 +447,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         source.close()
         for listener in listeners:
             listener.close()
+        for polled_source in polled:
+            polled_source.close()
         if namespaces is not None:
             namespaces.close()
         if identity is not None:

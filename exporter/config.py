@@ -28,6 +28,10 @@ VPORT_METRIC_GROUPS = ("packets", "bytes", "errors", "dropped", "upcalls", "info
 FLOWS_INTERVAL = 5.0
 FLOWS_MAX_FLOWS = 250_000
 FLOWS_MAX_SECONDS = 60.0
+# Seconds between two rounds of a background kernel reader (meters, conntrack zones): at least a
+# second, since each round's requests cost the kernel (a meter GET takes ovs_mutex).
+MIN_POLL_INTERVAL = 1.0
+MAX_POLL_INTERVAL = 3600.0
 
 
 class ConfigError(Exception):
@@ -82,6 +86,10 @@ class Config:
     flows_interval: float = FLOWS_INTERVAL  # seconds between the starts of two rounds of flow dumps
     flows_max_flows: int = FLOWS_MAX_FLOWS  # a flow dump listing more is abandoned
     flows_max_seconds: float = FLOWS_MAX_SECONDS  # a flow dump running longer is abandoned
+    meters: bool = True  # read the datapaths' meters in the background (exporter.kernel.meters)
+    meters_interval: float = 15.0  # seconds between two rounds of meter reads
+    conntrack_zones: bool = True  # read the conntrack zone limits (exporter.kernel.ct_zones)
+    conntrack_zones_interval: float = 15.0  # seconds between two reads of the zone limits
 
     @property
     def listen_host_port(self) -> tuple[str, int]:
@@ -103,6 +111,10 @@ _FILE_KEYS: dict[str, tuple[str, ...]] = {
         "flows_interval_seconds",
         "flows_max_flows",
         "flows_max_seconds",
+        "meters",
+        "meters_interval_seconds",
+        "conntrack_zones",
+        "conntrack_zones_interval_seconds",
     ),
     "ovsdb": ("enabled", "socket", "external_ids"),
 }
@@ -173,6 +185,10 @@ _FILE_FIELDS: tuple[tuple[str, str, str, str], ...] = (
     ("collector", "flows_interval_seconds", "a number", "flows_interval"),
     ("collector", "flows_max_flows", "a whole number", "flows_max_flows"),
     ("collector", "flows_max_seconds", "a number", "flows_max_seconds"),
+    ("collector", "meters", "true or false", "meters"),
+    ("collector", "meters_interval_seconds", "a number", "meters_interval"),
+    ("collector", "conntrack_zones", "true or false", "conntrack_zones"),
+    ("collector", "conntrack_zones_interval_seconds", "a number", "conntrack_zones_interval"),
     ("ovsdb", "enabled", "true or false", "ovsdb_enabled"),
     ("ovsdb", "socket", "a string", "ovsdb_socket"),
     ("ovsdb", "external_ids", "a list of strings", "ovsdb_external_ids"),
@@ -297,6 +313,13 @@ def build(file_settings: Mapping[str, Any], flag_settings: Mapping[str, Any]) ->
         raise ConfigError(
             f"collector.flows_max_seconds: must be above 0 and at most 3600, got {config.flows_max_seconds}"
         )
+    for key in ("meters_interval", "conntrack_zones_interval"):
+        value = getattr(config, key)
+        if not (math.isfinite(value) and MIN_POLL_INTERVAL <= value <= MAX_POLL_INTERVAL):
+            raise ConfigError(
+                f"collector.{key}_seconds: must be between {MIN_POLL_INTERVAL:g} and"
+                f" {MAX_POLL_INTERVAL:g} seconds, got {value:g}"
+            )
 
     for key in ("max_requests", "max_connections"):
         if getattr(config, key) < 0:

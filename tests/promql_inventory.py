@@ -167,23 +167,35 @@ def only_with_trouble(name: str, expr: str) -> bool:
     )
 
 
+def _keeps_unjoined(expr: str) -> bool:
+    """A ``group_left`` join that keeps, with ``or on(...)`` the un-joined series, those without a match."""
+    return "group_left" in expr and re.search(r"\bor on\b", expr) is not None
+
+
 def joins_identity(expr: str) -> bool:
     """True when ``expr`` adds OVSDB's identity (``ovs_interface_info``) to per-port series and
     keeps, with ``or on(...)`` the un-joined series, the ports that have none: it returns data with
     or without OVSDB."""
-    return "ovs_interface_info" in expr and "group_left" in expr and re.search(r"\bor on\b", expr) is not None
+    return "ovs_interface_info" in expr and _keeps_unjoined(expr)
 
 
 def needs_ovsdb(expr: str) -> bool:
     """True when ``expr`` returns nothing without OVSDB (the exporter's ``--collector.ovsdb``):
-    the identity itself, the broken Interfaces and their counts, the per-bridge sums, the OVSDB
-    source's health."""
+    the identity itself (of ports, and of conntrack zones), the broken Interfaces and their counts,
+    the per-bridge sums, the OVSDB source's health."""
     reads = re.search(
-        r"\bovs_interface_info\b|\bovs_system_info\b|\bovs_interface_broken_info\b|"
+        r"\bovs_interface_info\b|\bovs_system_info\b|\bovs_interface_broken_info\b|\bovs_conntrack_zone_info\b|"
         r'\bovs_bridge_broken_interfaces\b|ovs:bridge_|collector="ovsdb"',
         expr,
     )
-    return reads is not None and not joins_identity(expr)
+    return reads is not None and not _keeps_unjoined(expr)
+
+
+def reads_meters_or_zones(expr: str) -> bool:
+    """True when ``expr`` reads datapath meters or conntrack zone limits: none exist until
+    something installs them (ovs-vswitchd's meters, zone limits set by OVN or an operator), so the
+    plain-kernel suite (test_prometheus) leaves these to test_vswitchd, which has both."""
+    return re.search(r"\bovs_datapath_meter|\bovs_conntrack_", expr) is not None
 
 
 def needs_flows(expr: str) -> bool:

@@ -50,10 +50,12 @@ U32 = struct.Struct("=I")
 S32 = struct.Struct("=i")
 U64 = struct.Struct("=Q")
 
-# enum ovs_*_cmd: every OVS family numbers its commands the same way.
+# enum ovs_datapath_cmd, ovs_vport_cmd, ovs_flow_cmd: these families number their commands the
+# same way (ovs_ct_limit too, with SET 1 and DEL 2 and GET 3). ovs_meter does not: its GET is 4
+# and 3 is its DEL, so its codec names its own (exporter.kernel.families.meter).
 OVS_CMD_NEW = 1
 OVS_CMD_DEL = 2
-OVS_CMD_GET = 3  # the only command this exporter ever sends to an OVS family
+OVS_CMD_GET = 3  # the only command this exporter sends to those families
 OVS_CMD_SET = 4
 
 # tuple.__new__ builds a NamedTuple from a tuple of the right length without the Python-level
@@ -170,16 +172,25 @@ def genl_command(buf: bytes, message: Message) -> tuple[int, int]:
 
 
 def encode_ovs_get(
-    family_id: int, version: int, seq: int, dp_ifindex: int = 0, attrs: bytes = b"", dump: bool = True
+    family_id: int,
+    version: int,
+    seq: int,
+    dp_ifindex: int = 0,
+    attrs: bytes = b"",
+    dump: bool = True,
+    command: int = OVS_CMD_GET,
 ) -> bytes:
     """An ``OVS_*_CMD_GET`` request (a dump unless ``dump`` is False): all this exporter sends.
 
-    ``attrs`` are the request's attributes, already encoded (``encode_attr``).
+    ``attrs`` are the request's attributes, already encoded (``encode_attr``). ``command``
+    is the family's read command: ``OVS_CMD_GET`` but for ``ovs_meter``, whose codec passes
+    its own GET or FEATURES number. No flag beyond NLM_F_REQUEST and NLM_F_DUMP is ever set:
+    no ACK, no ECHO, nothing that creates or replaces.
     """
     flags = NLM_F_REQUEST | (NLM_F_DUMP if dump else 0)
     length = OVS_HEADERS_LEN + len(attrs)
     header = NLMSGHDR.pack(length, family_id, flags, seq, 0)
-    return header + GENL_OVS_HDR.pack(OVS_CMD_GET, version, 0, dp_ifindex) + attrs
+    return header + GENL_OVS_HDR.pack(command, version, 0, dp_ifindex) + attrs
 
 
 # --- formats as data -------------------------------------------------------------------------
@@ -289,7 +300,7 @@ def _decode_value(buf: bytes, start: int, end: int, kind: AttrType, what: str, a
                 f"{what} attribute {atype} at offset {start - 4}: {size} bytes, not whole {width}-byte"
                 f" {kind.layout.name} structs"
             )
-        return [kind.layout.unpack.unpack_from(buf, at) for at in range(start, end, width)]
+        return list(kind.layout.unpack.iter_unpack(memoryview(buf)[start:end]))
     if isinstance(kind, NestArray):
         return [kind.attrs.decode(buf, s, e) for _index, s, e in iter_attrs(buf, start, end, what)]
     if kind == "string":

@@ -67,6 +67,17 @@ BRIDGE_BROKEN = (
     "Interfaces of this kernel-datapath bridge that ovs-vswitchd could not open or configure"
     " (the ovs_interface_broken_info series of the bridge).",
 )
+ZONE_INFO = (
+    "ovs_conntrack_zone",
+    "A conntrack zone as OVN assigned it on this host, from the bridge's external_ids"
+    " ct-zone-<owner> (value 1): owner is a logical port or <router>_dnat/_snat; for a logical port"
+    " bound to a kernel vport here, iface_id and that vport (datapath, port)."
+    " Join on (instance, job, netns, zone).",
+)
+#: OVN records each zone it assigns as external_ids:ct-zone-<owner>=<zone> of the integration
+#: bridge (ct_zones_commit in ovn-controller's ct-zone.c); zones are 16-bit.
+CT_ZONE_KEY_PREFIX = "ct-zone-"
+MAX_CT_ZONE = 65535
 
 KERNEL_DATAPATH = "ovs-system"
 SYSTEM_DATAPATH_TYPES = ("", "system")
@@ -218,6 +229,7 @@ class IdentityView:
     interface_count: int
     broken: str = ""  # ovs_interface_broken_info samples
     bridges: str = ""  # ovs_bridge_broken_interfaces samples, one per kernel-datapath bridge
+    zones: str = ""  # ovs_conntrack_zone_info samples, without the family header
 
 
 @dataclass(frozen=True, slots=True)
@@ -331,6 +343,7 @@ class IdentityBuilder:
                 f"{BRIDGE_BROKEN[0]}{render_labels([('bridge', label_value(name))])} {n}\n"
                 for name, n in counts.items()
             ),
+            render_info_samples(ZONE_INFO[0], zone_identities(snapshot)),
         )
 
     def _add_external_ids(self, labels: dict[str, str], iface: OvsdbInterface) -> None:
@@ -378,6 +391,51 @@ def interface_identities(snapshot: OvsdbSnapshot, external_ids: Sequence[str]) -
 def broken_interfaces(snapshot: OvsdbSnapshot, external_ids: Sequence[str]) -> list[BrokenInterface]:
     """Every Interface of a kernel-datapath bridge vswitchd could not open or configure."""
     return IdentityBuilder(external_ids).broken(snapshot)
+
+
+def zone_identities(snapshot: OvsdbSnapshot) -> list[tuple[tuple[str, str], ...]]:
+    """The label sets of ``ovs_conntrack_zone_info``: every ct-zone-<owner> key of a bridge on
+    the kernel datapath, by bridge and zone; with the vport of the one Interface whose
+    external_ids:iface-id is the owner (OVN's logical port), when there is exactly one."""
+    vports: dict[str, list[str]] = {}
+    for bridge in snapshot.bridges:
+        if bridge.datapath_type in SYSTEM_DATAPATH_TYPES:
+            for iface in bridge.interfaces:
+                iface_id = iface.external_ids.get("iface-id")
+                if iface_id is not None:
+                    vports.setdefault(iface_id, []).append(
+                        kernel_vport_name(iface.name, iface.type, iface.dst_port)
+                    )
+    found = []
+    for bridge in snapshot.bridges:
+        if bridge.datapath_type not in SYSTEM_DATAPATH_TYPES:
+            continue
+        for key, value in bridge.external_ids.items():
+            owner = key[len(CT_ZONE_KEY_PREFIX) :]
+            if not key.startswith(CT_ZONE_KEY_PREFIX) or not owner:
+                continue
+            zone = _zone_number(value)
+            if zone is None:
+                continue  # not a zone: ovn-controller skips such keys too
+            labels = [
+                ("zone", str(zone)),
+                ("bridge", label_value(bridge.name)),
+                ("owner", label_value(owner)),
+            ]
+            ports = vports.get(owner, [])
+            if ports:
+                labels.append(("iface_id", label_value(owner)))
+            if len(ports) == 1:
+                labels += [("datapath", KERNEL_DATAPATH), ("port", label_value(ports[0]))]
+            found.append((zone, bridge.name, owner, tuple(labels)))
+    return [labels for *_key, labels in sorted(found)]
+
+
+def _zone_number(value: str) -> int | None:
+    """A zone as OVN writes it (decimal, 0-65535), or None."""
+    if not value.isascii() or not value.isdigit() or int(value) > MAX_CT_ZONE:
+        return None
+    return int(value)
 
 
 def system_identity(snapshot: OvsdbSnapshot) -> SystemIdentity | None:
@@ -437,6 +495,9 @@ class IdentitySource:
         if view.system:
             chunks.append(family_header(SYSTEM_INFO[0], "info", SYSTEM_INFO[1], fmt))
             chunks.append(view.system)
+        if view.zones:
+            chunks.append(family_header(ZONE_INFO[0], "info", ZONE_INFO[1], fmt))
+            chunks.append(view.zones)
         return chunks, True
 
     def close(self) -> None:

@@ -33,7 +33,7 @@ import select
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from operator import attrgetter, itemgetter
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -50,7 +50,8 @@ DATABASE = "Open_vSwitch"
 MONITORED: dict[str, tuple[str, ...]] = {
     # system-id and hostname live in external_ids (vswitch.xml, "Open_vSwitch" table).
     "Open_vSwitch": ("external_ids", "ovs_version", "db_version"),
-    "Bridge": ("name", "datapath_type", "ports"),
+    # external_ids for OVN's ct-zone-<logical port> keys (which conntrack zone serves whom).
+    "Bridge": ("name", "datapath_type", "ports", "external_ids"),
     "Port": ("name", "interfaces"),
     # options is read only for options:dst_port, which names a UDP tunnel's kernel vport; error
     # is why ovs-vswitchd could not open or configure the Interface (ofport is then -1).
@@ -84,6 +85,7 @@ class OvsdbBridge:
     name: str
     datapath_type: str  # "" and "system" are the kernel datapath; "netdev" is userspace
     interfaces: tuple[OvsdbInterface, ...]  # of every port of the bridge
+    external_ids: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,9 +218,11 @@ class SnapshotBuilder:
         self._has_ovs_table = "Open_vSwitch" in present
         self._has_dp_type = "datapath_type" in present.get("Bridge", ())
         self._has_port_name = "name" in present.get("Port", ())
+        self._has_bridge_ids = "external_ids" in present.get("Bridge", ())
         self._interfaces: dict[Any, OvsdbInterface] = {}
         self._ports: dict[Any, tuple[str, tuple[Any, ...]]] = {}  # name, interface UUIDs
-        self._bridges: dict[Any, tuple[str, str, tuple[Any, ...]]] = {}  # name, datapath_type, port UUIDs
+        # name, datapath_type, port UUIDs, external_ids
+        self._bridges: dict[Any, tuple[str, str, tuple[Any, ...], dict[str, str]]] = {}
 
     def snapshot(self, tables: Mapping[str, Any], changed: Mapping[str, set[Any]]) -> OvsdbSnapshot:
         """The snapshot of ``tables`` (``idl.tables``); ``changed``: table -> UUIDs changed since the last."""
@@ -227,14 +231,14 @@ class SnapshotBuilder:
         _refresh(tables["Bridge"].rows, self._bridges, changed.get("Bridge", set()), self._bridge)
         bridges = []
         by_name = attrgetter("name")
-        for name, datapath_type, port_uuids in self._bridges.values():
+        for name, datapath_type, port_uuids, bridge_ids in self._bridges.values():
             # In name order, so that a snapshot does not depend on the Idl's hash order.
             ports = sorted((self._ports[u] for u in port_uuids if u in self._ports), key=itemgetter(0))
             ifaces = []
             for _, iface_uuids in ports:
                 found = [self._interfaces[u] for u in iface_uuids if u in self._interfaces]
                 ifaces.extend(sorted(found, key=by_name) if len(found) > 1 else found)
-            bridges.append(OvsdbBridge(name, datapath_type, tuple(ifaces)))
+            bridges.append(OvsdbBridge(name, datapath_type, tuple(ifaces), bridge_ids))
         bridges.sort(key=lambda b: b.name)
         system = None
         if self._has_ovs_table:
@@ -260,8 +264,10 @@ class SnapshotBuilder:
         name = row.name if self._has_port_name else str(row.uuid)
         return name, _ref_uuids(row, "interfaces")
 
-    def _bridge(self, row: Any) -> tuple[str, str, tuple[Any, ...]]:
-        return row.name, row.datapath_type if self._has_dp_type else "", _ref_uuids(row, "ports")
+    def _bridge(self, row: Any) -> tuple[str, str, tuple[Any, ...], dict[str, str]]:
+        datapath_type = row.datapath_type if self._has_dp_type else ""
+        external_ids = _str_map(row.external_ids) if self._has_bridge_ids else {}
+        return row.name, datapath_type, _ref_uuids(row, "ports"), external_ids
 
     def _system(self, row: Any) -> OvsdbSystem:
         columns = self._ovs_columns

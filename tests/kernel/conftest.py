@@ -15,6 +15,7 @@ from typing import TypeVar
 
 import pytest
 
+from .kernel_reads import FAST_READERS
 from .netns import in_netns
 from .ovsnl import DATAPATH_FAMILY, VPORT_FAMILY, OvsNetlink, Snapshot
 from .procs import Exporter
@@ -143,7 +144,7 @@ def upcall_dp(nl: OvsNetlink) -> Iterator[UpcallDatapath]:
 
 @pytest.fixture(scope="session")
 def exporter(results_dir: Path) -> Iterator[Exporter]:
-    proc = Exporter(EXPORTER_PORT, results_dir)
+    proc = Exporter(EXPORTER_PORT, results_dir, args=FAST_READERS)
     yield proc
     proc.stop()
 
@@ -165,7 +166,7 @@ def host_nl(ovs_host: OvsHost) -> Iterator[OvsNetlink]:
 @pytest.fixture(scope="module")
 def host_exporter_args() -> tuple[str, ...]:
     """The arguments of ``host_exporter``; a module overrides this fixture to pass more."""
-    return ("--collector.ovsdb",)
+    return ("--collector.ovsdb", *FAST_READERS)
 
 
 @pytest.fixture(scope="module")

@@ -75,6 +75,39 @@ TUNNEL_ATTR_DST_PORT = 1
 TUNNEL_ATTR_EXTENSION = 2
 VXLAN_EXT_GBP = 1
 
+# enum ovs_meter_cmd: FEATURES 1, SET 2, DEL 3, GET 4 (not the other families' numbering).
+METER_FAMILY = "ovs_meter"
+METER_VERSION = 1
+METER_CMD_FEATURES, METER_CMD_SET, METER_CMD_DEL, METER_CMD_GET = 1, 2, 3, 4
+METER_ATTR_ID = 1
+METER_ATTR_KBPS = 2
+METER_ATTR_STATS = 3
+METER_ATTR_BANDS = 4
+METER_ATTR_USED = 5
+METER_ATTR_MAX_METERS = 7
+METER_ATTR_MAX_BANDS = 8
+BAND_ATTR_TYPE = 1
+BAND_ATTR_RATE = 2
+BAND_ATTR_BURST = 3
+BAND_ATTR_STATS = 4
+METER_BAND_TYPE_DROP = 1
+
+# enum ovs_flow_cmd, ovs_flow_attr, ovs_key_attr (only what a minimal exact-match flow needs)
+FLOW_FAMILY = "ovs_flow"
+FLOW_VERSION = 1
+FLOW_ATTR_KEY = 1
+FLOW_ATTR_ACTIONS = 2
+KEY_ATTR_IN_PORT = 3
+KEY_ATTR_ETHERNET = 4  # struct ovs_key_ethernet { u8 eth_src[6]; u8 eth_dst[6]; }
+KEY_ATTR_ETHERTYPE = 6  # be16
+
+# enum ovs_ct_limit_cmd: SET 1, DEL 2, GET 3; struct ovs_zone_limit { int zone_id; u32 limit; u32 count; }
+CT_LIMIT_FAMILY = "ovs_ct_limit"
+CT_LIMIT_VERSION = 1
+CT_LIMIT_CMD_SET, CT_LIMIT_CMD_DEL, CT_LIMIT_CMD_GET = 1, 2, 3
+CT_LIMIT_ATTR_ZONE_LIMIT = 1
+ZONE_LIMIT_DEFAULT_ZONE = -1
+
 VPORT_NETDEV, VPORT_INTERNAL, VPORT_GRE, VPORT_VXLAN, VPORT_GENEVE = 1, 2, 3, 4, 5
 VPORT_TYPE_NAMES = {1: "netdev", 2: "internal", 3: "gre", 4: "vxlan", 5: "geneve"}
 
@@ -233,6 +266,47 @@ class Link:
     ifindex: int
     name: str
     kind: str | None  # IFLA_INFO_KIND; None: the device has none (a physical NIC, lo)
+
+
+@dataclass(frozen=True)
+class MeterInfo:
+    """One meter as OVS_METER_CMD_GET reports it: what reached it, and what its bands took."""
+
+    meter_id: int
+    packets: int
+    bytes: int
+    band_packets: tuple[int, ...]
+    band_bytes: tuple[int, ...]
+    used_ms: int | None
+
+    @classmethod
+    def decode(cls, msg: Message) -> MeterInfo:
+        a = msg.attrs
+        packets, nbytes = struct.unpack("=QQ", a[METER_ATTR_STATS])
+        bands = [parse_attrs(band) for band in _nested_list(a.get(METER_ATTR_BANDS, b""))]
+        stats = [struct.unpack("=QQ", band[BAND_ATTR_STATS]) for band in bands]
+        used = a.get(METER_ATTR_USED)
+        return cls(
+            meter_id=struct.unpack("=I", a[METER_ATTR_ID])[0],
+            packets=packets,
+            bytes=nbytes,
+            band_packets=tuple(p for p, _ in stats),
+            band_bytes=tuple(b for _, b in stats),
+            used_ms=None if used is None else struct.unpack("=Q", used)[0],
+        )
+
+
+def _nested_list(data: bytes) -> list[bytes]:
+    """The payloads of a nest whose attributes all share one type (the meter's bands are type 0)."""
+    out = []
+    off = 0
+    while off + 4 <= len(data):
+        length, _atype = struct.unpack_from("=HH", data, off)
+        if length < 4:
+            break
+        out.append(data[off + 4 : off + length])
+        off += (length + 3) & ~3
+    return out
 
 
 @dataclass(frozen=True)
@@ -477,6 +551,130 @@ class OvsNetlink:
                     info = parse_attrs(attrs.get(IFLA_LINKINFO, b""))
                     kind = info[IFLA_INFO_KIND].rstrip(b"\0").decode() if IFLA_INFO_KIND in info else None
                     links[ifindex] = Link(ifindex, attrs[IFLA_IFNAME].rstrip(b"\0").decode(), kind)
+
+    # --- meters (per datapath; there is no dump) ---
+
+    def meter_features(self, dp_ifindex: int) -> tuple[int, int]:
+        """OVS_METER_CMD_FEATURES: (max meters, max bands) of a datapath."""
+        _, msgs = self._request(METER_FAMILY, METER_VERSION, METER_CMD_FEATURES, dp_ifindex, b"", 0)
+        a = msgs[0].attrs
+        return struct.unpack("=I", a[METER_ATTR_MAX_METERS])[0], struct.unpack("=I", a[METER_ATTR_MAX_BANDS])[
+            0
+        ]
+
+    def meter_get(self, dp_ifindex: int, meter_id: int) -> MeterInfo | None:
+        """One meter, None when the id has none (ENOENT)."""
+        try:
+            _, msgs = self._request(
+                METER_FAMILY, METER_VERSION, METER_CMD_GET, dp_ifindex, nla_u32(METER_ATTR_ID, meter_id), 0
+            )
+        except OSError as e:
+            if e.errno == errno.ENOENT:
+                return None
+            raise
+        return MeterInfo.decode(msgs[0])
+
+    def meters(self, dp_ifindex: int, ids: range | list[int]) -> dict[int, MeterInfo]:
+        """Every meter among ``ids``, by id."""
+        found = {}
+        for meter_id in ids:
+            meter = self.meter_get(dp_ifindex, meter_id)
+            if meter is not None:
+                found[meter_id] = meter
+        return found
+
+    def _meter_set_payload(self, dp_ifindex: int, meter_id: int, rate: int, burst: int, kbps: bool) -> bytes:
+        band = nla_u32(BAND_ATTR_TYPE, METER_BAND_TYPE_DROP) + nla_u32(BAND_ATTR_RATE, rate)
+        band += nla_u32(BAND_ATTR_BURST, burst)
+        attrs = nla_u32(METER_ATTR_ID, meter_id) + nla(
+            METER_ATTR_BANDS | NLA_F_NESTED, nla(0 | NLA_F_NESTED, band)
+        )
+        if kbps:
+            attrs += nla(METER_ATTR_KBPS, b"")
+        return struct.pack("=BBHi", METER_CMD_SET, METER_VERSION, 0, dp_ifindex) + attrs
+
+    def meter_set(self, dp_ifindex: int, meter_id: int, rate: int, burst: int, kbps: bool = False) -> None:
+        """Create or replace a meter with one drop band (as ovs-vswitchd does; needs CAP_NET_ADMIN)."""
+        payload = self._meter_set_payload(dp_ifindex, meter_id, rate, burst, kbps)
+        self._receive(self._send(self.family(METER_FAMILY), NLM_F_REQUEST | NLM_F_ACK, payload))
+
+    def meter_set_many(self, dp_ifindex: int, ids: list[int], rate: int, burst: int, batch: int = 64) -> None:
+        """Create many meters: ``batch`` requests back to back, then their replies (as new_vports).
+
+        No ACK is asked: the kernel answers each SET with a message (or an error) anyway, and
+        each reply takes a page of the socket's buffer, so a batch stays well under it.
+        """
+        family = self.family(METER_FAMILY)
+        for start in range(0, len(ids), batch):
+            seqs = [
+                self._send(family, NLM_F_REQUEST, self._meter_set_payload(dp_ifindex, i, rate, burst, False))
+                for i in ids[start : start + batch]
+            ]
+            for seq in seqs:
+                self._receive(seq)
+
+    def meter_del(self, dp_ifindex: int, meter_id: int) -> None:
+        self._request(
+            METER_FAMILY,
+            METER_VERSION,
+            METER_CMD_DEL,
+            dp_ifindex,
+            nla_u32(METER_ATTR_ID, meter_id),
+            NLM_F_ACK,
+        )
+
+    # --- flows (benchmarks only: what ovs-vswitchd does under ovs_mutex for each flow it sets up) ---
+
+    @staticmethod
+    def _flow_key(in_port: int, src: bytes, dst: bytes, ethertype: int) -> bytes:
+        key = nla_u32(KEY_ATTR_IN_PORT, in_port) + nla(KEY_ATTR_ETHERNET, src + dst)
+        key += nla(KEY_ATTR_ETHERTYPE, struct.pack("!H", ethertype))
+        return nla(FLOW_ATTR_KEY | NLA_F_NESTED, key)
+
+    def flow_new(
+        self, dp_ifindex: int, in_port: int, src: bytes, dst: bytes, ethertype: int = 0x88B5
+    ) -> None:
+        """OVS_FLOW_CMD_NEW of an exact-match drop flow (no actions), acknowledged; CAP_NET_ADMIN."""
+        attrs = self._flow_key(in_port, src, dst, ethertype) + nla(FLOW_ATTR_ACTIONS | NLA_F_NESTED, b"")
+        self._request(FLOW_FAMILY, FLOW_VERSION, CMD_NEW, dp_ifindex, attrs, NLM_F_ACK)
+
+    def flow_del(
+        self, dp_ifindex: int, in_port: int, src: bytes, dst: bytes, ethertype: int = 0x88B5
+    ) -> None:
+        attrs = self._flow_key(in_port, src, dst, ethertype)
+        self._request(FLOW_FAMILY, FLOW_VERSION, CMD_DEL, dp_ifindex, attrs, NLM_F_ACK)
+
+    # --- conntrack zone limits (per network namespace) ---
+
+    @staticmethod
+    def _zone_limits(entries: list[tuple[int, int, int]]) -> bytes:
+        return nla(CT_LIMIT_ATTR_ZONE_LIMIT, b"".join(struct.pack("=iII", *e) for e in entries))
+
+    def ct_limits(self, zones: list[int] | None = None) -> tuple[int | None, dict[int, tuple[int, int]]]:
+        """OVS_CT_LIMIT_CMD_GET: (the default limit, {zone: (limit, count)}), of every limited
+        zone or of ``zones``. Raises OSError(EMSGSIZE) when the reply does not fit."""
+        attrs = b"" if zones is None else self._zone_limits([(z, 0, 0) for z in zones])
+        _, msgs = self._request(CT_LIMIT_FAMILY, CT_LIMIT_VERSION, CT_LIMIT_CMD_GET, 0, attrs, 0)
+        raw = msgs[0].attrs[CT_LIMIT_ATTR_ZONE_LIMIT]
+        default = None
+        out = {}
+        for off in range(0, len(raw) - len(raw) % 12, 12):
+            zone, limit, count = struct.unpack_from("=iII", raw, off)
+            if zone == ZONE_LIMIT_DEFAULT_ZONE:
+                default = limit
+            else:
+                out[zone] = (limit, count)
+        return default, out
+
+    def ct_set_limits(self, limits: dict[int, int]) -> None:
+        """OVS_CT_LIMIT_CMD_SET (CAP_NET_ADMIN): {zone: limit}, zone -1 the default."""
+        attrs = self._zone_limits([(z, limit, 0) for z, limit in limits.items()])
+        self._request(CT_LIMIT_FAMILY, CT_LIMIT_VERSION, CT_LIMIT_CMD_SET, 0, attrs, NLM_F_ACK)
+
+    def ct_del_limits(self, zones: list[int]) -> None:
+        """OVS_CT_LIMIT_CMD_DEL (CAP_NET_ADMIN); zone -1 resets the default to unlimited."""
+        attrs = self._zone_limits([(z, 0, 0) for z in zones])
+        self._request(CT_LIMIT_FAMILY, CT_LIMIT_VERSION, CT_LIMIT_CMD_DEL, 0, attrs, NLM_F_ACK)
 
     # --- everything ---
 

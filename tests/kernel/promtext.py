@@ -42,6 +42,8 @@ UPCALL_METRICS = ("ovs_vport_upcalls_total", "ovs_vport_upcall_failures_total")
 
 #: Counters of what happened between scrapes: no snapshot of the kernel predicts them.
 HISTORY_METRICS = ("ovs_datapath_vport_events_total",)
+#: Read in the background, per meter: tests/kernel/kernel_reads.py compares them on their own.
+BACKGROUND_PREFIX = "ovs_datapath_meter"
 
 #: OVS_DP_F_* bit -> its name in the user_features label (include/uapi/linux/openvswitch.h).
 FEATURE_NAMES = {0: "unaligned", 1: "vport_pids", 2: "tc_recirc_sharing", 3: "dispatch_upcall_per_cpu"}
@@ -91,11 +93,14 @@ class Scrape:
         return self.series().get((name, labels(**kw)))
 
     def only(self, prefixes: tuple[str, ...] = ("ovs_vport_", "ovs_datapath_")) -> dict[SeriesKey, float]:
-        """The series a kernel snapshot describes (event counters count history, not state)."""
+        """The series a kernel snapshot describes (event counters count history, not state; the
+        meters are read in the background, not from the dumps a snapshot holds)."""
         return {
             k: v
             for k, v in self.series().items()
-            if k[0].startswith(prefixes) and k[0] not in HISTORY_METRICS
+            if k[0].startswith(prefixes)
+            and k[0] not in HISTORY_METRICS
+            and not k[0].startswith(BACKGROUND_PREFIX)
         }
 
     def label_values(self, name: str, label: str) -> set[str]:
@@ -110,6 +115,15 @@ def identities(scrape: Scrape) -> set[Labels]:
 def broken_interfaces(scrape: Scrape) -> set[Labels]:
     """The label sets of ``ovs_interface_broken_info``: Interfaces vswitchd could not open."""
     return {lbls for name, lbls, _ in scrape.samples if name == "ovs_interface_broken_info"}
+
+
+def zone_infos(scrape: Scrape) -> dict[str, dict[str, str]]:
+    """The labels of ``ovs_conntrack_zone_info`` by zone: whose each conntrack zone is, from OVSDB."""
+    return {
+        dict(lbls)["zone"]: dict(lbls)
+        for name, lbls, _ in scrape.samples
+        if name == "ovs_conntrack_zone_info"
+    }
 
 
 def fetch_text(url: str, accept: str | None = None, timeout: float = 60) -> str:

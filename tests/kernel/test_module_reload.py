@@ -39,7 +39,14 @@ def test_module_unload_gives_ovs_up_0_and_reload_brings_data_back(
     def listening(scrape: Scrape) -> float | None:
         return scrape.value("ovs_scrape_collector_success", collector="events")
 
+    def readers(scrape: Scrape) -> tuple[float | None, float | None]:
+        """The background readers' health: the meters and the conntrack zone limits."""
+        return tuple(  # type: ignore[return-value]
+            scrape.value("ovs_scrape_collector_success", collector=c) for c in ("meters", "conntrack_zones")
+        )
+
     assert listening(exporter.scrape()) == 1
+    assert readers(scrape_until(exporter, lambda s: readers(s) == (1, 1))) == (1, 1)
     topology.teardown()
     for dp in nl.snapshot().datapaths:
         nl.del_datapath(dp)
@@ -55,14 +62,23 @@ def test_module_unload_gives_ovs_up_0_and_reload_brings_data_back(
         assert errors is not None and errors >= 1
         # The event listener saw the families go (nlctrl's notification) and says so.
         assert listening(scrape_until(exporter, lambda s: listening(s) == 0)) == 0
+        # So do the background readers at their next round: health 0, and nothing else.
+        gone = scrape_until(exporter, lambda s: readers(s) == (0, 0))
+        assert readers(gone) == (0, 0)
+        assert not [
+            name for name, _, _ in gone.samples if name.startswith(("ovs_conntrack_", "ovs_datapath_"))
+        ]
         assert exporter.alive()
     finally:
         load_ovs_modules()
         nl.family(DATAPATH_FAMILY, refresh=True)
         nl.family(VPORT_FAMILY, refresh=True)
 
-    # The listener re-resolved the new family ids and joined the new groups, without a restart.
+    # The listener re-resolved the new family ids and joined the new groups, without a restart;
+    # the readers resolve the families again at their next round.
     assert listening(scrape_until(exporter, lambda s: listening(s) == 1)) == 1
+    back = scrape_until(exporter, lambda s: readers(s) == (1, 1))
+    assert readers(back) == (1, 1) and back.value("ovs_conntrack_default_zone_limit") == 0
     with OvsNetlink() as fresh:
         fresh.family(DATAPATH_FAMILY)
         again = Topology(fresh)

@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 
 from .conftest import consistent, nothing_runs_after
+from .kernel_reads import FAST_READERS, kernel_meters, meters_agree, udp_flows_delivered, zones_agree
+from .netns import write_sysctl
 from .ovn import (
     ALLOWED_PORT,
     CHASSIS,
@@ -24,6 +26,7 @@ from .ovn import (
     PROVIDER,
     REMOTE,
     REMOTE_ENCAP_IP,
+    ROUTER,
     ROUTER_IP,
     ROUTER_PUBLIC_IP,
     UNRESOLVED_IP,
@@ -32,18 +35,22 @@ from .ovn import (
     VM3,
     VMS,
     OvnHost,
+    ct_zone,
     ct_zones,
     interfaces,
+    nbctl,
+    ofctl,
     sbctl,
     send_syns,
     send_udp,
     tcp_connect,
     tcp_segments_received,
+    wait_for,
 )
 from .ovsnl import OvsNetlink
 from .procs import Exporter, scrape_until
-from .promtext import Scrape, diff, expected_series, identities
-from .vswitchd import DATAPATH, GENEVE_VPORT, expected_identity, ovsdb_tables, ping, vsctl
+from .promtext import Scrape, diff, expected_series, identities, zone_infos
+from .vswitchd import DATAPATH, GENEVE_VPORT, HOST_NS, appctl, expected_identity, ovsdb_tables, ping, vsctl
 
 #: The Interface external_ids the exporter is told to turn into labels (os-vif writes these).
 EXTERNAL_IDS = ("iface-id", "attached-mac", "iface-status", "vm-uuid")
@@ -68,7 +75,7 @@ def ovs_host(results_dir: Path, request: pytest.FixtureRequest) -> Iterator[OvnH
 
 @pytest.fixture(scope="module")
 def host_exporter_args() -> tuple[str, ...]:
-    return ("--collector.ovsdb", "--collector.ovsdb.external-ids", ",".join(EXTERNAL_IDS))
+    return ("--collector.ovsdb", "--collector.ovsdb.external-ids", ",".join(EXTERNAL_IDS), *FAST_READERS)
 
 
 def grown(before: Scrape, after: Scrape, metric: str, port: str) -> float:
@@ -328,3 +335,87 @@ def test_a_chassis_added_and_removed_leaves_the_tunnel_vports_series_as_it_was(
     _wait_for(lambda: tunnels() == [ovs_host.tunnel], timeout=60)
     assert served("one-chassis-again") == [one]
     vsctl("remove", "Interface", PROVIDER.port, "external_ids", "attached-mac")
+
+
+# --- meters and conntrack zone limits on OVN's own objects ------------------------------------
+
+#: OVN's control plane protection for lr0's ARP to unresolved next hops: a meter of RATE packets/s.
+COPP_RATE, COPP_BURST = 2, 2
+
+
+def test_copp_meter_for_arp_drops_what_is_over_its_rate(
+    ovs_host: OvnHost, host_nl: OvsNetlink, host_exporter: Exporter
+) -> None:
+    """OVN's CoPP meter for arp-resolve, made into an OpenFlow meter by ovn-controller and into a
+    datapath meter by vswitchd: packets routed to a next hop nobody answers for flood it."""
+    dp_ifindex = host_nl.snapshot().datapaths[DATAPATH].ifindex
+    before, _ = meters_agree(host_nl, dp_ifindex, host_exporter, DATAPATH)
+    nbctl(
+        "--", "meter-add", "arp-meter", "drop", str(COPP_RATE), "pktps", str(COPP_BURST),
+        "--", "copp-add", "copp0", "arp-resolve", "arp-meter",
+        "--", "lr-copp-add", "copp0", ROUTER,
+    )  # fmt: skip
+    wait_for(
+        "ovn-controller's CoPP meter in the datapath",
+        lambda: set(kernel_meters(host_nl, dp_ifindex)) > set(before),
+    )
+    before, scrape = meters_agree(host_nl, dp_ifindex, host_exporter, DATAPATH)
+    n = 300
+    started = time.monotonic()
+    assert send_udp(VM1, UNRESOLVED_IP, n) == n
+    elapsed = time.monotonic() - started
+    after, scrape = meters_agree(host_nl, dp_ifindex, host_exporter, DATAPATH)
+    grown = {i: tuple(a - b for a, b in zip(after[i], before[i], strict=True)) for i in after}
+    (copp,) = [i for i, counts in grown.items() if counts[0]]
+    packets, _, dropped, _ = grown[copp]
+    # Each packet to the unresolved address is one for lr0's ARP: all reached the meter, which let
+    # a burst and its rate through to ovn-controller and dropped the rest.
+    assert packets == n
+    passed = packets - dropped
+    assert 1 <= passed <= COPP_BURST + COPP_RATE * (elapsed + 1) + 1, (passed, elapsed)
+    assert (
+        scrape.value("ovs_datapath_meter_dropped_packets_total", datapath=DATAPATH, meter=str(copp))
+        == (after[copp][2])
+    )
+    # The runbook's way from the datapath meter to OVN's: the OpenFlow meter with the same counters
+    # (ovn-controller numbers its own), named in NB's Meter table.
+    stats = ofctl("meter-stats", "br-int")
+    assert f"packet_in_count:{after[copp][0]} byte_in_count:{after[copp][1]}" in stats, stats
+    assert f"packet_count:{after[copp][2]} byte_count:{after[copp][3]}" in stats, stats
+    assert "arp-meter" in nbctl("meter-list")
+
+
+def test_a_limit_on_the_zone_ovn_gave_a_vm_counts_and_refuses_its_connections(
+    ovs_host: OvnHost, host_nl: OvsNetlink, host_exporter: Exporter
+) -> None:
+    """A limit set on VM3's zone (as OVS 3.3's CT_Zone or OVN 24.09's ct-zone-limit would): the
+    to-lport ACL commits each new connection to VM3 in that zone, and past the limit the kernel
+    refuses it. The exporter's zone info ties the zone to VM3's port and so to its identity."""
+    limit, port = 5, 7001
+    zone = ct_zone(VM3)
+    # Unanswered UDP connections live 30 s by default: long enough for this test to read them here.
+    write_sysctl(HOST_NS, {"net.netfilter.nf_conntrack_udp_timeout": "600"})
+    appctl("dpctl/ct-set-limits", f"zone={zone},limit={limit}")
+    assert udp_flows_delivered(VM1, VM3, limit + 3, port) == limit
+    (default, zones), scrape = zones_agree(host_nl, host_exporter)
+    assert default == 0 and zones == {zone: (limit, limit)}
+
+    # Every zone ovn-controller recorded on br-int, VM ports with their vports.
+    recorded = ct_zones()
+    scrape = scrape_until(
+        host_exporter, lambda s: set(zone_infos(s)) == {str(z) for z in recorded.values()}, "with OVN's zones"
+    )
+    infos = zone_infos(scrape)
+    for vm in VMS:
+        assert infos[str(ct_zone(vm))] == {
+            "zone": str(ct_zone(vm)), "bridge": "br-int", "owner": vm.iface_id, "iface_id": vm.iface_id,
+            "datapath": DATAPATH, "port": vm.port,
+        }  # fmt: skip
+    for owner, z in recorded.items():
+        assert infos[str(z)]["owner"] == owner
+    # The full zone, joined as the dashboards and the alert do: zone -> port -> VM.
+    assert scrape.value("ovs_conntrack_zone_connections", zone=str(zone)) == scrape.value(
+        "ovs_conntrack_zone_limit", zone=str(zone)
+    )
+    (vm3,) = [dict(lbls) for lbls in identities(scrape) if dict(lbls)["port"] == infos[str(zone)]["port"]]
+    assert vm3["iface_id"] == VM3.iface_id and vm3["vm_uuid"] == VM3.external_ids["vm-uuid"]

@@ -11,6 +11,7 @@ A real Prometheus then runs every dashboard and alert query over it, the joins i
 
 from __future__ import annotations
 
+import errno
 import json
 import re
 import subprocess
@@ -27,10 +28,12 @@ from exporter.ovsdb.identity import DEFAULT_EXTERNAL_IDS
 from tests import promql_inventory
 
 from .conftest import HAS_UPCALL_STATS, NOBODY, consistent
+from .kernel_reads import UdpReceiver, flood_udp, meters_agree, udp_flows_delivered, zones_agree
+from .netns import write_sysctl
 from .ovsnl import OvsNetlink
 from .procs import Exporter, Prometheus, scrape_until
-from .promtext import Scrape, broken_interfaces, diff, expected_series, identities
-from .topology import DpctlDatapath, dpctl_diff, ip_batch, ip_link_kinds
+from .promtext import Scrape, broken_interfaces, diff, expected_series, identities, zone_infos
+from .topology import DpctlDatapath, dpctl_diff, ip_batch, ip_link_kinds, sh
 from .vswitchd import (
     DATAPATH,
     DB_GROUP,
@@ -485,6 +488,147 @@ def test_a_vm_port_whose_device_is_gone_is_reported_broken_with_its_identity(
     assert scrape.value("ovs_vport_receive_packets_total", **port) is None
 
 
+# --- meters and conntrack zone limits --------------------------------------------------------
+
+#: OpenFlow meter 7 on br-int: UDP from NOVA to OVNK on METERED_PORT goes through it.
+METER_RATE, METER_BURST = 10, 10  # packets per second, packets
+METERED_PORT = 9999
+#: The conntrack zones an OVN chassis would give NOVA's and KUBEOVN's logical ports, recorded on
+#: br-int as ovn-controller does (external_ids:ct-zone-<iface-id>); KUBEOVN's is limited to
+#: ZONE_LIMIT connections, committed by a ct(commit) flow for its UDP to EXT on ZONED_PORT.
+ZONES = ((NOVA, 5), (KUBEOVN, 6))
+NOVA_ZONE, KUBEOVN_ZONE = (zone for _, zone in ZONES)
+ZONE_LIMIT = 4
+ZONED_PORT = 7777
+
+
+def ofctl(*args: str) -> str:
+    """ovs-ofctl in OpenFlow 1.3 (meters need 1.3 or later)."""
+    res = sh("ovs-ofctl", "-O", "OpenFlow13", *args, check=False, timeout=90)
+    if res.returncode:
+        raise RuntimeError(f"ovs-ofctl {' '.join(args)} failed: {res.stderr.strip()}")
+    return res.stdout
+
+
+def ofport(guest: Guest) -> str:
+    return vsctl("get", "Interface", guest.port, "ofport", wait=False).strip()
+
+
+def test_openflow_meters_become_datapath_meters_served_with_their_drops(
+    host_nl: OvsNetlink, host_exporter: Exporter
+) -> None:
+    ofctl(
+        "add-meter",
+        "br-int",
+        f"meter=7,pktps,burst,band=type=drop,rate={METER_RATE},burst_size={METER_BURST}",
+    )
+    ofctl("add-meter", "br-int", "meter=9,kbps,band=type=drop,rate=1000")  # in use by no flow
+    ofctl("add-flow", "br-int", f"priority=200,udp,in_port={ofport(NOVA)},nw_dst={OVNK.ip},tp_dst={METERED_PORT},"
+          "actions=meter:7,NORMAL")  # fmt: skip
+    dp_ifindex = host_nl.snapshot().datapaths[DATAPATH].ifindex
+    receiver = UdpReceiver(OVNK, METERED_PORT)
+    try:
+        flood_udp(NOVA, OVNK.ip, 1, port=METERED_PORT)  # neighbours resolved
+        time.sleep(0.5)
+        before, scrape = meters_agree(host_nl, dp_ifindex, host_exporter, DATAPATH)
+        # vswitchd numbers datapath meters itself, from 0: not the OpenFlow ids 7 and 9.
+        assert set(before) == {0, 1}
+        assert scrape.value("ovs_datapath_meters", datapath=DATAPATH) == 2
+        features = ofctl("meter-features", "br-int")
+        assert scrape.value("ovs_datapath_meters_limit", datapath=DATAPATH) == int(
+            re.search(r"max_meter:(\d+)", features)[1]  # type: ignore[index]
+        )
+        received = receiver.drain()
+        n = 2000
+        elapsed = flood_udp(NOVA, OVNK.ip, n, port=METERED_PORT)
+        time.sleep(1)
+        delivered = receiver.drain() - received
+        after, scrape = meters_agree(host_nl, dp_ifindex, host_exporter, DATAPATH)
+    finally:
+        receiver.close()
+    grown = {i: tuple(a - b for a, b in zip(after[i], before[i], strict=True)) for i in after}
+    (metered,) = [i for i, counts in grown.items() if counts[0]]
+    packets, nbytes, dropped, dropped_bytes = grown[metered]
+    # Every datagram reached the meter, those vswitchd handled as upcalls too (it executes their
+    # actions in the kernel); what the meter let through arrived, the rest it dropped.
+    assert packets == n and nbytes == n * (14 + 20 + 8 + 32)
+    assert dropped == n - delivered and dropped_bytes == dropped * (14 + 20 + 8 + 32)
+    # Over its rate: a burst's worth and the rate for the time the flood took pass (6.1 starts the
+    # bucket a second's rate fuller than 6.12).
+    assert 1 <= delivered <= METER_BURST + METER_RATE * (elapsed + 1) + 1
+    # vswitchd's own view of the OpenFlow meter is the kernel meter read through it: the way to tell
+    # which OpenFlow meter a datapath meter is (the alert's runbook).
+    stats = ofctl("meter-stats", "br-int", "meter=7")
+    assert f"packet_in_count:{after[metered][0]} byte_in_count:{after[metered][1]}" in stats, stats
+    assert f"packet_count:{after[metered][2]} byte_count:{after[metered][3]}" in stats, stats
+    assert f"meter({metered})" in appctl("dpctl/dump-flows", f"system@{DATAPATH}")
+
+    # ovs-ofctl mod-meter: vswitchd replaces the kernel meter under the same id, whose counters
+    # start again from 0 (a counter reset for Prometheus).
+    ofctl(
+        "mod-meter",
+        "br-int",
+        f"meter=7,pktps,burst,band=type=drop,rate={2 * METER_RATE},burst_size={METER_BURST}",
+    )
+    replaced, scrape = meters_agree(host_nl, dp_ifindex, host_exporter, DATAPATH)
+    assert set(replaced) == {0, 1} and replaced[metered] == (0, 0, 0, 0)
+    assert scrape.value("ovs_scrape_collector_success", collector="meters") == 1
+    # Below its new rate, the meter drops nothing (and the port dashboards have a meter to show).
+    flood_udp(NOVA, OVNK.ip, 5, port=METERED_PORT)
+
+
+def test_zone_limits_count_committed_connections_and_refuse_past_the_limit(
+    ovs_host: OvsHost, host_nl: OvsNetlink, host_exporter: Exporter
+) -> None:
+    # Unanswered UDP connections live 30 s by default; long enough for the rest of the module here.
+    write_sysctl(HOST_NS, {"net.netfilter.nf_conntrack_udp_timeout": "600"})
+    vsctl("set", "Bridge", "br-int", *(f'external_ids:"ct-zone-{g.iface_id}"="{z}"' for g, z in ZONES))
+    appctl("dpctl/ct-set-limits", f"zone={NOVA_ZONE},limit=100", f"zone={KUBEOVN_ZONE},limit={ZONE_LIMIT}")
+    ofctl("add-flow", "br-int", f"priority=210,udp,in_port={ofport(KUBEOVN)},nw_dst={EXT.ip},tp_dst={ZONED_PORT},"
+          f"actions=ct(commit,zone={KUBEOVN_ZONE}),NORMAL")  # fmt: skip
+    # The kernel commits ZONE_LIMIT connections in the zone and refuses the others, whose packets it drops.
+    assert udp_flows_delivered(KUBEOVN, EXT, ZONE_LIMIT + 3, ZONED_PORT) == ZONE_LIMIT
+    (default, zones), scrape = zones_agree(host_nl, host_exporter)
+    assert default == 0
+    assert zones == {NOVA_ZONE: (100, 0), KUBEOVN_ZONE: (ZONE_LIMIT, ZONE_LIMIT)}
+    zone = str(KUBEOVN_ZONE)
+    full = (scrape.value("ovs_conntrack_zone_connections", zone=zone) or 0) / (
+        scrape.value("ovs_conntrack_zone_limit", zone=zone) or 1
+    )
+    assert full == 1.0 and scrape.value("ovs_scrape_collector_success", collector="conntrack_zones") == 1
+
+    # Who each zone is for: OVN's owner (the logical port, the Interface's iface-id) and its vport,
+    # which joins the zone to ovs_interface_info (and so to the VM or pod).
+    want = {
+        str(z): {"zone": str(z), "bridge": "br-int", "owner": g.iface_id, "iface_id": g.iface_id,
+                 "datapath": DATAPATH, "port": g.port}
+        for g, z in ZONES
+    }  # fmt: skip
+    scrape = scrape_until(host_exporter, lambda s: zone_infos(s) == want, "with the zones' owners")
+    (port_identity,) = [dict(lbls) for lbls in identities(scrape) if dict(lbls)["port"] == KUBEOVN.port]
+    assert port_identity["iface_id"] == want[zone]["owner"] and port_identity["pod_name"] == "db-1"
+
+
+def test_hundreds_of_limited_zones_are_read_in_chunks(host_nl: OvsNetlink, host_exporter: Exporter) -> None:
+    """Past ~650 limited zones the kernel cannot list them in one reply (EMSGSIZE; ovs-appctl
+    dpctl/ct-get-limits fails too): the exporter reads every zone id in chunks."""
+    many = range(1000, 1700)
+    appctl("dpctl/ct-set-limits", *(f"zone={z},limit={z}" for z in many))
+    try:
+        with pytest.raises(OSError) as listing:
+            host_nl.ct_limits()
+        assert listing.value.errno == errno.EMSGSIZE
+        (default, zones), scrape = zones_agree(host_nl, host_exporter, timeout=180)
+        assert default == 0 and len(zones) == len(many) + len(ZONES)
+        assert all(zones[z] == (z, 0) for z in many)
+        assert zones[KUBEOVN_ZONE] == (ZONE_LIMIT, ZONE_LIMIT)
+        assert not scrape.duplicates()
+    finally:
+        appctl("dpctl/ct-del-limits", "zone=" + ",".join(map(str, many)))
+    (_, zones), _ = zones_agree(host_nl, host_exporter)
+    assert set(zones) == {NOVA_ZONE, KUBEOVN_ZONE}
+
+
 # --- a real Prometheus over the vswitchd host -------------------------------------------------
 
 PROMETHEUS_PORT = 19091
@@ -496,6 +640,8 @@ HEALTHY_ALERTS = (
 )
 #: The lookup that alert annotations make to name the bridge and VM or pod (alerts/generate_rules.py).
 _ANNOTATION_QUERY = re.compile(r'printf "(ovs_interface_info\{[^"]*\})"')
+#: The lookup that the conntrack zone alert's annotations make to name the zone's owner.
+_ZONE_QUERY = re.compile(r'printf "(ovs_conntrack_zone_info\{[^"]*\})"')
 
 
 @pytest.fixture(scope="module")
@@ -568,8 +714,24 @@ def test_every_dashboard_and_alert_query_returns_data_joins_included(
                 for query in lookups
                 for g in (NOVA, OVNK, KUBEOVN)
             }
+            zone_lookups = {
+                query
+                for group in promql_inventory.rule_groups()
+                for rule in group["rules"]
+                for text in rule.get("annotations", {}).values()
+                for query in _ZONE_QUERY.findall(text)
+            }
+            zones_looked_up = {
+                (query, index): host_prometheus.query(
+                    query.replace("%q", "%s") % tuple(json.dumps(v) for v in (instance, "", str(zone))),
+                    at=now,
+                )
+                for query in zone_lookups
+                for index, (_, zone) in enumerate(ZONES)
+            }
         print(
-            f"{len(exprs) + len(identity) + len(looked_up)} expressions queried in {time.monotonic() - started:.1f}s"
+            f"{len(exprs) + len(identity) + len(looked_up) + len(zones_looked_up)} expressions queried"
+            f" in {time.monotonic() - started:.1f}s"
         )
         for name, expr in exprs:
             result = results[name]
@@ -631,6 +793,13 @@ def test_every_dashboard_and_alert_query_returns_data_joins_included(
             if "ovs_interface_info" in expr:
                 assert found[0]["metric"]["bridge"] == NOVA.bridge, (expr, found)
                 assert found[0]["metric"]["vm_uuid"] == NOVA.external_ids["vm-uuid"], (expr, found)
+            elif "ovs_conntrack_zone_info" in expr:
+                # NOVA's zone: a limit of 100, no connection committed in it.
+                assert found[0]["metric"]["zone"] == str(NOVA_ZONE), (expr, found)
+                assert float(found[0]["value"][1]) == (0 if "zone_connections" in expr else 100), (
+                    expr,
+                    found,
+                )
             else:
                 assert float(found[0]["value"][1]) == 1, (expr, found)  # the OVSDB copy is current
 
@@ -640,6 +809,11 @@ def test_every_dashboard_and_alert_query_returns_data_joins_included(
                 found = looked_up[query, g.port]
                 assert len(found) == 1 and found[0]["metric"]["bridge"] == g.bridge, (query, g.port, found)
                 assert found[0]["metric"]["iface_id"] == g.external_ids["iface-id"]
+        assert zone_lookups
+        for (query, index), found in zones_looked_up.items():
+            guest, zone = ZONES[index]
+            assert len(found) == 1 and found[0]["metric"]["owner"] == guest.iface_id, (query, zone, found)
+            assert found[0]["metric"]["port"] == guest.port
     finally:
         for proc in traffic:
             proc.terminate()

@@ -217,6 +217,35 @@ def synthetic_families(seed: int = 4) -> dict[str, Family]:
     for instance, success in (("host1:9310", 1.0), ("host2:9310", 0.0)):
         flows_health = _labels(instance=instance, job=JOB, collector="flows")
         add("ovs_scrape_collector_success", "gauge", flows_health, [success] * steps)
+    # host1's vswitchd has OVN's meters on dp0: meter 0 passes everything, meter 1 (CoPP for ARP)
+    # drops 15 of the 40 packets a second offered (the meter alert holds); host2 has none.
+    for meter, offered, dropped in (("0", 3.0, 0.0), ("1", 40.0, 15.0)):
+        key = _labels(instance="host1:9310", job=JOB, datapath="dp0", meter=meter)
+        add("ovs_datapath_meter_packets", "counter", key, _counter(wave(offered, 0.2, 900, 1)))
+        add("ovs_datapath_meter_bytes", "counter", key, _counter(wave(offered * 60, 0.2, 900, 1)))
+        add("ovs_datapath_meter_dropped_packets", "counter", key, _counter([dropped] * steps))
+        add("ovs_datapath_meter_dropped_bytes", "counter", key, _counter([dropped * 60] * steps))
+    for instance, meters in (("host1:9310", 2.0), ("host2:9310", 0.0)):
+        key = _labels(instance=instance, job=JOB, datapath="dp0" if meters else "dp1")
+        add("ovs_datapath_meters", "gauge", key, [meters] * steps)
+        add("ovs_datapath_meters_limit", "gauge", key, [200000.0] * steps)
+    # Conntrack zones with limits of their own: host1's zone 5 is vm1's (OVN), full (the zone alert
+    # holds); zone 6 is vm2's at 60%; host2's zone 9 has no OVSDB identity. Default limit 0.
+    for instance, zone, limit, connections, port in (
+        ("host1:9310", "5", 100.0, 100.0, "vm1"),
+        ("host1:9310", "6", 1000.0, 600.0, "vm2"),
+        ("host2:9310", "9", 50.0, 12.0, None),
+    ):
+        key = _labels(instance=instance, job=JOB, zone=zone)
+        add("ovs_conntrack_zone_limit", "gauge", key, [limit] * steps)
+        add("ovs_conntrack_zone_connections", "gauge", key, [connections] * steps)
+        if port is not None:
+            owner = f"{port}-iface"
+            info = _labels(instance=instance, job=JOB, zone=zone, bridge="br-int", owner=owner,
+                           iface_id=owner, datapath="dp0", port=port)  # fmt: skip
+            add("ovs_conntrack_zone_info", "gauge", info, [1.0] * steps)
+    for instance in ("host1:9310", "host2:9310"):
+        add("ovs_conntrack_default_zone_limit", "gauge", _labels(instance=instance, job=JOB), [0.0] * steps)
 
     # host1 is healthy; host2 scrapes slowly; host3 cannot read the datapath;
     # host4's exporter is down.
@@ -234,7 +263,8 @@ def synthetic_families(seed: int = 4) -> dict[str, Family]:
         add("ovs_scrape_duration_seconds", "gauge", key, wave(duration, 0.1, 600, 0))
         add("ovs_scrape_errors", "counter", key, _counter([errors] * steps))
         # host1 reads OVSDB (--collector.ovsdb), and its copy is current.
-        for collector in ("kernel", "events", "ovsdb") if instance == "host1:9310" else ("kernel", "events"):
+        collectors = ("kernel", "events", "meters", "conntrack_zones")
+        for collector in (*collectors, "ovsdb") if instance == "host1:9310" else collectors:
             success = _labels(instance=instance, job=JOB, collector=collector)
             add(
                 "ovs_scrape_collector_success",

@@ -166,17 +166,20 @@ def test_rules_for_fewer_metric_groups(rules_generator: ModuleType, promtool: Pa
     rules = [rule for group in document["groups"] for rule in group["rules"]]
     for rule in rules:
         # (flow_dropped: the flow collector's drop flows, no per-vport group)
-        assert not re.search(r"(?<!flow_)dropped|errors|upcall(s|_fail)", rule["expr"]), (
+        assert not re.search(r"(receive|transmit)_(dropped|errors)|upcall(s|_fail)", rule["expr"]), (
             rule.get("record") or rule["alert"]
         )
     alerts = {rule["alert"] for rule in rules if "alert" in rule}
-    # The datapath's own lost-upcall counter, handler count and port events, OVSDB's broken ports,
-    # the flow collector's series, and the health alerts need no per-vport group.
+    # The datapath's own lost-upcall counter, handler count and port events, its meters, the
+    # conntrack zones, OVSDB's broken ports, the flow collector's series, and the health alerts
+    # need no per-vport group.
     assert alerts == {
         "OvsDatapathUpcallsLost",
         "OvsDatapathNoUpcallHandlers",
         "OvsDatapathPortChurnHigh",
         "OvsWorkloadPortBroken",
+        "OvsDatapathMeterDropping",
+        "OvsConntrackZoneNearLimit",
         "OvsDatapathUnavailable",
         "OvsVportExporterDown",
         "OvsVportExporterScrapeSlow",

@@ -20,6 +20,7 @@ from tests.promql_inventory import (
     needs_ovsdb,
     needs_upcall_stats,
     only_with_trouble,
+    reads_meters_or_zones,
     rule_groups,
     substitute,
 )
@@ -98,6 +99,12 @@ def test_inventory_helpers() -> None:
         "alert/OvsFlowDumpsFailing",
     } <= set(flows)
     assert any(name.startswith("dashboard/ovs-port/") for name in flows)
+    zones = "a * on (instance, job, netns, zone) group_left (owner) ovs_conntrack_zone_info"
+    assert needs_ovsdb(zones) and not joins_identity(zones)
+    assert not needs_ovsdb(f"{zones} or on (instance, job, netns, zone) a")
+    assert reads_meters_or_zones("rate(ovs_datapath_meter_dropped_packets_total[5m])")
+    assert reads_meters_or_zones("ovs_conntrack_zone_connections / ovs_conntrack_zone_limit")
+    assert not reads_meters_or_zones("ovs_datapath_flows") and not reads_meters_or_zones("ovs_up")
 
 
 def test_every_expression_parses(promtool: Path, tmp_path: Path) -> None:
@@ -145,12 +152,13 @@ def _exposition_names() -> set[str]:
     }
 
 
-# Served by collectors the golden exposition does not run: OVSDB identity (issue #10; the
-# per-bridge recording rules that join it record nothing without it, alerts/tests/recording.yml)
-# and the Interfaces vswitchd cannot open (issue #22), and the flow table (--collector.flows,
-# issue 20; exporter.kernel.flows names these families).
+# Served by collectors the golden exposition does not run: OVSDB identity (issue #10), of ports and
+# of conntrack zones (the per-bridge recording rules that join it record nothing without it,
+# alerts/tests/recording.yml), the Interfaces vswitchd cannot open (issue #22), and the flow
+# table (--collector.flows, issue 20; exporter.kernel.flows names these families).
 OPTIONAL = {
     "ovs_interface_info",
+    "ovs_conntrack_zone_info",
     "ovs_interface_broken_info",
     "ovs_bridge_broken_interfaces",
     "ovs_vport_flows",

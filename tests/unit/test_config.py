@@ -103,7 +103,9 @@ def test_every_file_key_is_read() -> None:
         ("filters: {port: {exclude: 5}}\n", "filters.port.exclude: must be a string, got int"),
         (
             "collector: {vport_metric: []}\n",
-            "collector.vport_metric: unknown key (known keys: vport_metrics, events, flows, flows_interval_seconds, flows_max_flows, flows_max_seconds)",
+            "collector.vport_metric: unknown key (known keys: vport_metrics, events, flows, flows_interval_seconds,"
+            " flows_max_flows, flows_max_seconds, meters, meters_interval_seconds, conntrack_zones,"
+            " conntrack_zones_interval_seconds)",
         ),
         (
             "collector: {vport_metrics: packets}\n",
@@ -143,6 +145,15 @@ def test_every_file_key_is_read() -> None:
         ),
         ("ovsdb: {external_ids: [a, a]}\n", "ovsdb.external_ids: 'a' is listed twice"),
         ("web: {listen_address: ':1'\n", "invalid YAML at line 2, column 1"),
+        ("collector: {meters: 1}\n", "collector.meters: must be true or false, got int"),
+        (
+            "collector: {conntrack_zones_interval_seconds: 7200}\n",
+            "collector.conntrack_zones_interval_seconds: must be between 1 and 3600 seconds, got 7200",
+        ),
+        (
+            "collector: {meters_interval_seconds: '15s'}\n",
+            "collector.meters_interval_seconds: must be a number",
+        ),
     ],
 )
 def test_bad_file_is_one_clear_line(tmp_path: Path, text: str, message: str) -> None:
@@ -185,6 +196,18 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
             ["--collector.ovsdb.external-ids", "iface-id,port"],
             "flag --collector.ovsdb.external-ids: 'port' makes the label 'port'",
         ),
+        (
+            ["--collector.meters.interval", "0.1"],
+            "flag --collector.meters.interval: must be between 1 and 3600 seconds, got 0.1",
+        ),
+        (
+            ["--collector.conntrack-zones.interval", "nan"],
+            "flag --collector.conntrack-zones.interval: must be between 1 and 3600 seconds, got nan",
+        ),
+        (
+            ["--collector.meters.interval", "soon"],
+            "argument --collector.meters.interval: invalid float value",
+        ),
     ],
 )
 def test_bad_config_exits_2_with_one_line(args: list[str], message: str) -> None:
@@ -209,6 +232,10 @@ def test_version_and_help() -> None:
         "--collector.ovsdb",
         "--collector.ovsdb.socket",
         "--collector.ovsdb.external-ids",
+        "--collector.meters",
+        "--collector.meters.interval",
+        "--collector.conntrack-zones",
+        "--collector.conntrack-zones.interval",
     ):
         assert flag in helptext.stdout
 
@@ -261,6 +288,30 @@ def test_event_listener_is_on_by_default_and_can_be_turned_off(tmp_path: Path) -
     path.write_text("collector: {events: false}\n")
     assert load_config(["--config.file", str(path)]).events is False
     assert load_config(["--config.file", str(path), "--collector.events"]).events is True
+
+
+def test_meters_and_conntrack_zones_defaults_file_and_flags(tmp_path: Path) -> None:
+    config = load_config([])
+    assert (config.meters, config.meters_interval, config.conntrack_zones, config.conntrack_zones_interval) == (
+        True, 15.0, True, 15.0,
+    )  # fmt: skip
+    path = tmp_path / "c.yml"
+    path.write_text(
+        "collector: {meters: false, meters_interval_seconds: 30, conntrack_zones: false,"
+        " conntrack_zones_interval_seconds: 60}\n"
+    )
+    config = load_config(["--config.file", str(path)])
+    assert (config.meters, config.meters_interval, config.conntrack_zones, config.conntrack_zones_interval) == (
+        False, 30.0, False, 60.0,
+    )  # fmt: skip
+    flags = ["--config.file", str(path), "--collector.meters", "--collector.meters.interval", "5",
+             "--collector.conntrack-zones", "--collector.conntrack-zones.interval", "1"]  # fmt: skip
+    config = load_config(flags)
+    assert (config.meters, config.meters_interval, config.conntrack_zones, config.conntrack_zones_interval) == (
+        True, 5.0, True, 1.0,
+    )  # fmt: skip
+    config = load_config(["--no-collector.meters", "--no-collector.conntrack-zones"])
+    assert not config.meters and not config.conntrack_zones
 
 
 def test_config_is_frozen() -> None:

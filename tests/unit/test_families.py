@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from exporter.kernel.families.ct_limit import CtLimits, ZoneLimit, decode_ct_limits, encode_ct_limit_get
 from exporter.kernel.families.datapath import (
     DATAPATH,
     Datapath,
@@ -27,6 +28,16 @@ from exporter.kernel.families.link import (
     Link,
     decode_link,
     encode_get_link,
+)
+from exporter.kernel.families.meter import (
+    OVS_METER_CMD_FEATURES,
+    OVS_METER_CMD_GET,
+    Meter,
+    MeterFeatures,
+    decode_meter,
+    decode_meter_features,
+    encode_meter_features,
+    encode_meter_get,
 )
 from exporter.kernel.families.nlctrl import (
     CTRL_ATTR_FAMILY_ID,
@@ -54,6 +65,7 @@ from exporter.kernel.netlink import (
     iter_messages,
     ovs_start,
 )
+from tests.fake_genl import FakeMeter, ct_limit_message, meter_features_message, meter_message
 from tests.ovs_messages import (
     NLA_F_NESTED,
     VPORT_FAMILY_ID,
@@ -551,3 +563,94 @@ def test_attribute_tables_reject_unknown_types_and_name_what_is_wrong() -> None:
     with pytest.raises(DecodeError, match=r"t ONE attribute 2 .*want 8 bytes, got 4"):
         bad = nla(2, b"\0" * 4)
         table.decode(bad, 0, len(bad))
+
+
+# --- ovs_meter and ovs_ct_limit ---------------------------------------------------------------
+
+
+def one(buf: bytes) -> tuple[bytes, Message]:
+    (message,) = iter_messages(buf)
+    return buf, message
+
+
+def test_meter_get_reply_in_kernel_order() -> None:
+    meter = FakeMeter(17, packets=1000, bytes=64000, band_packets=990, band_bytes=63360)
+    assert decode_meter(*one(meter_message(5, 7, meter))) == Meter(17, 1000, 64000, 990, 63360)
+
+
+def test_meter_bands_sum_and_a_meter_without_bands_dropped_nothing() -> None:
+    assert decode_meter(*one(meter_message(5, 7, FakeMeter(1, 3, 4, 1, 2, bands=2)))).dropped_packets == 2
+    assert decode_meter(*one(meter_message(5, 7, FakeMeter(1, 3, 4, 1, 2, bands=0))))[3:] == (0, 0)
+
+
+def test_meter_attributes_not_sent_are_none() -> None:
+    buf = nlmsg(0x1D, 0, 1, genl_ovs(4, 1, 7, nla(1, struct.pack("=I", 3))))
+    assert decode_meter(*one(buf)) == Meter(3, None, None, None, None)
+
+
+@pytest.mark.parametrize(
+    ("attrs", "expected"),
+    [
+        (nla(3, b"\0" * 16), "meter message at offset 0 has no ID"),
+        (nla(1, b"\0\0"), "meter ID attribute 1 .*want 4 bytes, got 2"),
+        (nla(1, b"\0" * 4) + nla(3, b"\0" * 8), "meter STATS attribute 3 .*want 16 bytes, got 8"),
+        (nla(1, b"\0" * 4) + nla(4 | NLA_F_NESTED, nla(NLA_F_NESTED, nla(4, b"\0" * 15))),
+         "meter band STATS attribute 4 .*want 16 bytes, got 15"),
+        (nla(1, b"\0" * 4) + nla(5, b"\0" * 4), "meter USED attribute 5 .*want 8 bytes, got 4"),
+    ],
+    ids=["no-id", "short-id", "short-stats", "short-band-stats", "short-used"],
+)  # fmt: skip
+def test_malformed_meter_replies_name_the_attribute(attrs: bytes, expected: str) -> None:
+    with pytest.raises(DecodeError, match=expected):
+        decode_meter(*one(nlmsg(0x1D, 0, 1, genl_ovs(4, 1, 7, attrs))))
+
+
+def test_meter_features_reply() -> None:
+    assert decode_meter_features(*one(meter_features_message(2, 7, 200_000))) == MeterFeatures(200_000, 1)
+
+
+def test_meter_requests_use_the_meter_familys_own_numbers() -> None:
+    """ovs_meter numbers GET 4 and FEATURES 1; 3 is its DEL. No flag but NLM_F_REQUEST."""
+    get = encode_meter_get(0x1D, seq=9, dp_ifindex=42, meter_id=5)
+    assert get == (
+        struct.pack("=IHHII", 32, 0x1D, NLM_F_REQUEST, 9, 0)
+        + struct.pack("=BBHi", OVS_METER_CMD_GET, 1, 0, 42)
+        + nla(1, struct.pack("=I", 5))
+    )
+    assert OVS_METER_CMD_GET == 4 and OVS_METER_CMD_FEATURES == 1
+    features = encode_meter_features(0x1D, seq=10, dp_ifindex=42)
+    assert features == struct.pack("=IHHII", 24, 0x1D, NLM_F_REQUEST, 10, 0) + struct.pack(
+        "=BBHi", 1, 1, 0, 42
+    )
+
+
+def test_ct_limit_reply_default_then_zones() -> None:
+    reply = ct_limit_message(3, [(-1, 0, 0), (5, 100, 37), (7, 0, 0)])
+    assert decode_ct_limits(*one(reply)) == CtLimits(0, (ZoneLimit(5, 100, 37), ZoneLimit(7, 0, 0)))
+    assert decode_ct_limits(*one(ct_limit_message(3, [(9, 4, 4)]))) == CtLimits(None, (ZoneLimit(9, 4, 4),))
+    # Reading every zone id: the zones at the default limit are left out as they are decoded.
+    asked = ct_limit_message(3, [(-1, 50, 0), (1, 50, 0), (2, 7, 7), (3, 50, 2)])
+    assert decode_ct_limits(*one(asked), skip_limit=50) == CtLimits(50, (ZoneLimit(2, 7, 7),))
+
+
+@pytest.mark.parametrize(
+    ("attrs", "expected"),
+    [
+        (b"", "has no ZONE_LIMIT"),
+        (nla(1, b"\0" * 13), "ct_limit ZONE_LIMIT attribute 1 .*13 bytes, not whole 12-byte ovs_zone_limit"),
+        (nla(1, struct.pack("=iII", 70000, 1, 1)), "zone id 70000 out of range"),
+        (nla(1, struct.pack("=iII", -2, 1, 1)), "zone id -2 out of range"),
+    ],
+    ids=["no-zone-limit", "partial-struct", "zone-too-big", "negative-zone"],
+)
+def test_malformed_ct_limit_replies_are_rejected(attrs: bytes, expected: str) -> None:
+    with pytest.raises(DecodeError, match=expected):
+        decode_ct_limits(*one(nlmsg(0x1E, 0, 1, genl_ovs(3, 1, 0, attrs))))
+
+
+def test_ct_limit_requests() -> None:
+    every = encode_ct_limit_get(0x1E, seq=4)
+    assert every == struct.pack("=IHHII", 24, 0x1E, NLM_F_REQUEST, 4, 0) + struct.pack("=BBHi", 3, 1, 0, 0)
+    some = encode_ct_limit_get(0x1E, seq=5, zones=[-1, 7])
+    assert some[24:] == nla(1, struct.pack("=iII", -1, 0, 0) + struct.pack("=iII", 7, 0, 0))
+    assert struct.unpack_from("=I", some)[0] == len(some) == 24 + 4 + 24

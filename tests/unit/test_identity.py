@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from exporter.ovsdb.identity import (
+    DEFAULT_EXTERNAL_IDS,
     MAX_LABEL_VALUE_LENGTH,
     IdentityBuilder,
     broken_interfaces,
@@ -13,6 +14,7 @@ from exporter.ovsdb.identity import (
     kernel_vport_name,
     label_name,
     label_value,
+    zone_identities,
 )
 from exporter.ovsdb.reader import OvsdbBridge, OvsdbInterface, OvsdbSnapshot
 
@@ -197,3 +199,53 @@ def test_label_names_and_checks() -> None:
     for bad in ("", "1abc", "a.b", "a/b", "ä"):
         problem = check_external_ids([bad])
         assert problem is not None and "valid label name" in problem
+
+
+def test_zones_ovn_recorded_on_the_integration_bridge_name_their_owner_and_vport() -> None:
+    """ovn-controller writes external_ids:ct-zone-<owner>=<zone> on br-int: a logical port (the
+    iface-id of the Interface it is bound to here), or a router's <name>_dnat / _snat."""
+    vm = iface("tapa1b2c3d4-e5", ofport=3, iface_id="lsp-vm1")
+    twin = [iface("tapx", iface_id="lsp-dup"), iface("tapy", iface_id="lsp-dup")]
+    br_int = OvsdbBridge(
+        "br-int",
+        "",
+        (vm, *twin),
+        {
+            "ct-zone-lsp-vm1": "5",
+            "ct-zone-lr0_dnat": "2",
+            "ct-zone-lr0_snat": "3",
+            "ct-zone-lsp-dup": "7",
+            "ct-zone-lsp-remote": "9",  # bound to another chassis: no Interface here
+            "ct-zone-": "4",  # no owner: skipped, as ovn-controller does
+            "ct-zone-junk": "x1",  # not a zone number
+            "ct-zone-big": "65536",
+            "ovn-nb-cfg": "12",
+        },
+    )
+    userspace = OvsdbBridge("br-dpdk", "netdev", (), {"ct-zone-lsp-u": "11"})
+    found = [dict(labels) for labels in zone_identities(OvsdbSnapshot((br_int, userspace), None))]
+    assert found == [
+        {"zone": "2", "bridge": "br-int", "owner": "lr0_dnat"},
+        {"zone": "3", "bridge": "br-int", "owner": "lr0_snat"},
+        {
+            "zone": "5", "bridge": "br-int", "owner": "lsp-vm1", "iface_id": "lsp-vm1",
+            "datapath": "ovs-system", "port": "tapa1b2c3d4-e5",
+        },
+        {"zone": "7", "bridge": "br-int", "owner": "lsp-dup", "iface_id": "lsp-dup"},  # two vports: neither
+        {"zone": "9", "bridge": "br-int", "owner": "lsp-remote"},
+    ]  # fmt: skip
+
+
+def test_zone_owner_values_are_made_safe() -> None:
+    bridge = OvsdbBridge("br-int", "", (), {"ct-zone-evil\n" + "x" * 300: "1"})
+    ((_zone, _bridge, (_name, owner)),) = zone_identities(OvsdbSnapshot((bridge,), None))
+    assert "\n" not in owner and len(owner) == MAX_LABEL_VALUE_LENGTH
+
+
+def test_zone_info_is_served_with_the_identity() -> None:
+    bridge = OvsdbBridge("br-int", "", (iface("tap0", iface_id="lsp0"),), {"ct-zone-lsp0": "1"})
+    view = IdentityBuilder(DEFAULT_EXTERNAL_IDS).build(OvsdbSnapshot((bridge,), None))
+    assert view.zones == (
+        'ovs_conntrack_zone_info{zone="1",bridge="br-int",owner="lsp0",iface_id="lsp0",'
+        'datapath="ovs-system",port="tap0"} 1\n'
+    )

@@ -306,6 +306,50 @@ def test_changes_show_up(server: OvsdbServer, reader: OvsdbReader[IdentityView])
     wait_view(reader, lambda s: s == {}, "a deleted bridge")
 
 
+def zone_samples(view: IdentityView | None) -> dict[str, dict[str, str]]:
+    """ovs_conntrack_zone_info by zone, parsed by prometheus_client's own parser."""
+    assert view is not None
+    return {
+        sample.labels["zone"]: dict(sample.labels)
+        for family in text_string_to_metric_families(view.zones)
+        for sample in family.samples
+    }
+
+
+def test_conntrack_zones_as_ovn_records_them_on_br_int(
+    server: OvsdbServer, reader: OvsdbReader[IdentityView]
+) -> None:
+    """ovn-controller writes external_ids:ct-zone-<logical port>=<zone> on br-int, and the Interface
+    it binds the port to carries external_ids:iface-id=<logical port>: the reader follows both."""
+    server.vsctl(
+        "add-br", "br-int", "--", "add-port", "br-int", "tap1", "--", "set", "Interface", "tap1",
+        "external-ids:iface-id=lsp1", "--", "set", "Bridge", "br-int", "external-ids:ct-zone-lsp1=1",
+        "external-ids:ct-zone-lr0_dnat=2",
+    )  # fmt: skip
+
+    def zones(check: Any, what: str) -> dict[str, dict[str, str]]:
+        def ready() -> list[dict[str, dict[str, str]]]:
+            view = reader.current()
+            got = zone_samples(view) if view is not None else {}
+            return [got] if check(got) else []
+
+        return wait_for(ready, what=what)[0]  # type: ignore[no-any-return]
+
+    got = zones(lambda z: set(z) == {"1", "2"}, "both zones")
+    assert got["1"] == {
+        "zone": "1", "bridge": "br-int", "owner": "lsp1", "iface_id": "lsp1", "datapath": "ovs-system", "port": "tap1",
+    }  # fmt: skip
+    assert got["2"] == {"zone": "2", "bridge": "br-int", "owner": "lr0_dnat"}
+    # ovn-controller moves a port to another zone, and forgets the router's when it goes.
+    server.vsctl("set", "Bridge", "br-int", "external-ids:ct-zone-lsp1=5", "--", "remove", "Bridge", "br-int",
+                 "external_ids", "ct-zone-lr0_dnat")  # fmt: skip
+    got = zones(lambda z: set(z) == {"5"}, "the moved zone")
+    assert got["5"]["port"] == "tap1"
+    server.vsctl("del-port", "br-int", "tap1")
+    got = zones(lambda z: "port" not in z.get("5", {"port": ""}), "the zone of an unbound port")
+    assert got["5"] == {"zone": "5", "bridge": "br-int", "owner": "lsp1"}
+
+
 def state_log(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.getMessage().split(": ", 1)[1] for r in caplog.records if r.name == LOGGER]
 

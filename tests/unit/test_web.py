@@ -22,14 +22,17 @@ from exporter.collector import Collector
 from exporter.config import Filters
 from exporter.exposition import Format
 from exporter.http.server import MetricsServer, accepts_gzip, negotiate_format
+from exporter.kernel.ct_zones import ConntrackZoneSource
 from exporter.kernel.dumps import KernelSource
 from exporter.kernel.events import EventListener
 from exporter.kernel.families.link import RTM_GETLINK
+from exporter.kernel.meters import MeterSource
 from exporter.kernel.netlink import NLM_F_REQUEST
 from exporter.kernel.netlink import OVS_CMD_DEL as DEL
 from exporter.kernel.netlink import OVS_CMD_NEW as NEW
 from exporter.kernel.netlink import OVS_CMD_SET as SET
 from tests.fake_events import Kernel, listener_for
+from tests.fake_genl import FakeGenlSocket, FakeKernel, FakeMeter
 from tests.ovs_messages import FakeDatapath, FakeKernelSocket, FakeLinkSocket, FakeVport
 from tests.tools import ROOT, promtool
 
@@ -85,8 +88,10 @@ def golden_links() -> FakeLinkSocket:
 
 
 class Exporter:
-    def __init__(self, server: MetricsServer, sock: FakeKernelSocket, links: FakeLinkSocket) -> None:
-        self.server, self.sock, self.links = server, sock, links
+    def __init__(
+        self, server: MetricsServer, sock: FakeKernelSocket, links: FakeLinkSocket, kernel: FakeKernel
+    ) -> None:
+        self.server, self.sock, self.links, self.kernel = server, sock, links, kernel
 
     def get(self, path: str = "/metrics", method: str = "GET", **headers: str) -> http.client.HTTPResponse:
         conn = http.client.HTTPConnection("127.0.0.1", self.server.port, timeout=10)
@@ -102,19 +107,46 @@ def golden_events(kernel: Kernel) -> EventListener:
     return listener
 
 
+def golden_meters_and_zones() -> tuple[MeterSource, ConntrackZoneSource, FakeKernel]:
+    """vswitchd's meters on ovs-system (OVN's CoPP: meter 1 dropping ARP over its rate), none on
+    dp-legacy; conntrack zone limits on two of the zones OVN gave its ports, one of them full."""
+    kernel = FakeKernel(
+        [FakeDatapath("ovs-system", 3), FakeDatapath("dp-legacy", 20)],
+        {
+            3: {
+                0: FakeMeter(0, 40, 3360),
+                1: FakeMeter(1, 5000, 210000, 4890, 205380),
+                2: FakeMeter(2, 7, 2254),
+            }
+        },
+        max_meters=200_000,
+        default_limit=0,
+        zone_limits={4: (1000, 12), 2: (100, 100)},
+    )
+    meters = MeterSource(lambda netns: FakeGenlSocket(kernel), interval=15)
+    zones = ConntrackZoneSource(lambda netns: FakeGenlSocket(kernel), interval=15)
+    meters.poller.poll()
+    zones.poller.poll()
+    return meters, zones, kernel
+
+
 @pytest.fixture
 def exporter() -> Iterator[Exporter]:
     sock = FakeKernelSocket(golden_datapaths())
     links = golden_links()
     kernel = Kernel([FakeDatapath("ovs-system", 3), FakeDatapath("dp-legacy", 20)])
     events = golden_events(kernel)
+    meters, zones, fake_kernel = golden_meters_and_zones()
     collector = Collector(
-        KernelSource(lambda: sock, lambda: links), Filters(), "0.1.0-test", snapshot_sources=[events]
+        KernelSource(lambda: sock, lambda: links),
+        Filters(),
+        "0.1.0-test",
+        snapshot_sources=[events, meters, zones],
     )
     server = MetricsServer("127.0.0.1", 0, "/metrics", collector, "0.1.0-test")
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield Exporter(server, sock, links)
+    yield Exporter(server, sock, links, fake_kernel)
     server.shutdown()
     server.server_close()
     events.close()
@@ -223,6 +255,16 @@ def test_only_get_dumps_reach_the_kernel(exporter: Exporter) -> None:
     assert len(exporter.links.requests) == 7 + 3
     for request in exporter.links.requests:
         assert struct.unpack_from("=HH", request, 4) == (RTM_GETLINK, NLM_F_REQUEST)
+    # The background readers: ovs_meter's GET (4) and FEATURES (1), ovs_ct_limit's GET (3), the
+    # datapath dump; NLM_F_REQUEST alone for the GETs (no ACK, no ECHO, nothing that creates).
+    assert exporter.kernel.requests
+    allowed = {
+        ("ovs_meter", 4, 0x1),
+        ("ovs_meter", 1, 0x1),
+        ("ovs_ct_limit", 3, 0x1),
+        ("ovs_datapath", 3, 0x301),
+    }
+    assert {(family, cmd, flags) for family, cmd, flags, _dp in exporter.kernel.requests} <= allowed
 
 
 def test_concurrent_scrapes_all_succeed(exporter: Exporter) -> None:
