@@ -123,6 +123,10 @@ SCENARIOS: dict[str, dict[str, Any]] = {
                 "meters_interval_seconds": 30,
                 "conntrack_zones": True,
                 "conntrack_zones_interval_seconds": 60,
+                "flows": True,
+                "flows_interval_seconds": 10,
+                "flows_max_flows": 100000,
+                "flows_max_seconds": 30,
             },
         },
         "extraArgs": ["--netlink.timeout=3"],
@@ -494,6 +498,10 @@ def test_exporter_runs_with_the_pod_arguments(
     assert "\novs_up " in scrape.metrics
     if "ovsdb" in RUNNABLE[scenario]:
         assert '\novs_scrape_collector_success{collector="ovsdb"} 0\n' in scrape.metrics
+    if RUNNABLE[scenario].get("config", {}).get("collector", {}).get("flows"):
+        # The chart's flows keys reach the exporter: the worker started and reports its health
+        # (0 here, with no openvswitch module on the host).
+        assert '\novs_scrape_collector_success{collector="flows"} ' in scrape.metrics
     assert scrape.capabilities["CapEff"] == 0
     assert scrape.exit_code == 0
 
