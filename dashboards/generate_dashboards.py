@@ -1300,31 +1300,6 @@ def port_detail(limits: Thresholds) -> dash.Dashboard:
             )
         )
 
-    board = board.with_row(dash.Row("Datapath $datapath").id(ids()))
-    board = board.with_panel(
-        graph(
-            ids,
-            "Flow table lookups",
-            "pps",
-            [
-                Query(f"ovs:datapath_lookup_hits:rate5m{{{dp}}}", "hit"),
-                Query(f"ovs:datapath_lookup_misses:rate5m{{{dp}}}", "missed"),
-                Query(f"ovs:datapath_lookup_lost:rate5m{{{dp}}}", "lost"),
-            ],
-            description="The whole datapath's lookups, from the recording rules (5-minute rates). "
-            + NOT_OFFLOADED,
-        )
-    )
-    board = board.with_panel(
-        graph(
-            ids,
-            "Flows and masks",
-            "short",
-            [Query(f"ovs_datapath_flows{{{dp}}}", "flows"), Query(f"ovs_datapath_masks{{{dp}}}", "masks")],
-            description="Flows and megaflow masks installed in the datapath's flow table, not those "
-            "offloaded to tc flower or a NIC.",
-        )
-    )
     board = board.with_row(dash.Row("Conntrack zone").id(ids()))
     # The zone OVN gave this port's logical port (ovs_conntrack_zone_info names its vport).
     zone = zone_info(sel)
@@ -1379,7 +1354,8 @@ def port_detail(limits: Thresholds) -> dash.Dashboard:
                 Query(f"ovs:datapath_lookup_misses:rate5m{{{dp}}}", "missed"),
                 Query(f"ovs:datapath_lookup_lost:rate5m{{{dp}}}", "lost"),
             ],
-            description="The whole datapath's lookups, from the recording rules (5-minute rates).",
+            description="The whole datapath's lookups, from the recording rules (5-minute rates). "
+            + NOT_OFFLOADED,
         )
     )
     board = board.with_panel(
@@ -1388,7 +1364,8 @@ def port_detail(limits: Thresholds) -> dash.Dashboard:
             "Flows and masks",
             "short",
             [Query(f"ovs_datapath_flows{{{dp}}}", "flows"), Query(f"ovs_datapath_masks{{{dp}}}", "masks")],
-            description="Flows and megaflow masks installed in the datapath.",
+            description="Flows and megaflow masks installed in the datapath's flow table, not those "
+            "offloaded to tc flower or a NIC.",
         )
     )
     return board

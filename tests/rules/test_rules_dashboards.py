@@ -54,6 +54,9 @@ def test_dashboard_lint(path: Path) -> None:
     panels = _panels(board)
     ids = [panel["id"] for panel in panels]
     assert len(ids) == len(set(ids)), "panel ids must be unique"
+    # A row or panel twice (as a merge can leave a section) is a copy a user scrolls past.
+    kinds = [(panel["type"], panel["title"]) for panel in panels]
+    assert len(kinds) == len(set(kinds)), f"panels twice: {sorted({k for k in kinds if kinds.count(k) > 1})}"
     for panel in panels:
         if panel["type"] == "row":
             continue
