@@ -38,7 +38,8 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from benchmarks.scrape import REPO_ROOT, get_metrics, machine
+from benchmarks.scrape import get_metrics, machine
+from benchmarks.serving import REPO_ROOT, ServerProcess, ready, start_exporter
 
 MODES = ("none", "thread", "process")
 BIG_DATAPATH = 4  # the dataset's ovs-system: most of the vports, and the whole flow table
@@ -112,10 +113,6 @@ def worker(vports: int, flows: int) -> None:
 def serve(mode: str, vports: int, flows: int) -> None:
     """One exporter server over the vport dataset, with the flow collector as ``mode`` says."""
     from benchmarks.dataset import PrebuiltKernelSocket, build
-    from exporter import __version__
-    from exporter.collector import Collector
-    from exporter.config import Filters
-    from exporter.http.server import MetricsServer
     from exporter.kernel.dumps import KernelSource
     from exporter.kernel.flow_worker import NamespaceFlows, WorkerConfig, memory
     from exporter.kernel.flows import FlowSource
@@ -149,62 +146,21 @@ def serve(mode: str, vports: int, flows: int) -> None:
         flow_source = FlowSource(config, spawn=spawn)
         flow_source.start()
         sources.append(flow_source)
-    collector = Collector(
-        KernelSource(lambda: PrebuiltKernelSocket(dataset)), Filters(), __version__, snapshot_sources=sources
-    )
-    server = MetricsServer("127.0.0.1", 0, "/metrics", collector, __version__)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    print(f"READY {server.port}", flush=True)
-    sys.stdin.read()
+    server = start_exporter(KernelSource(lambda: PrebuiltKernelSocket(dataset)), sources)
+    ready(server.port)
 
 
-class Server:
+class Server(ServerProcess):
     def __init__(self, mode: str, vports: int, flows: int) -> None:
         self.mode = mode
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "benchmarks.flows",
-                "--serve",
-                mode,
-                "--vports",
-                str(vports),
-                "--flows",
-                str(flows),
-            ],
-            cwd=REPO_ROOT,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline().split()
-        if not line or line[0] != "READY":
-            self.stop()
-            raise RuntimeError(f"server {mode} did not start")
-        self.port = int(line[1])
+        serve_args = [mode, "--vports", str(vports), "--flows", str(flows)]
+        super().__init__("benchmarks.flows", serve_args, f"server {mode}")
 
     def scrape(self) -> tuple[float, str]:
         elapsed, response, body = get_metrics(self.port)
         if response.status != 200:
             raise RuntimeError(f"{self.mode}: HTTP {response.status}")
         return elapsed, gzip.decompress(body).decode()
-
-    def peak_rss_mb(self) -> float:
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024 / 1e6
-        raise KeyError("VmHWM")
-
-    def stop(self) -> None:
-        if self.proc.stdin:
-            self.proc.stdin.close()
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
 
 
 def _sample(text: str, name: str) -> float | None:
@@ -283,7 +239,7 @@ def measure_phase(mode: str, vports: int, flows: int, rounds: int) -> Phase:
                 finally:
                     os.kill(worker, signal.SIGCONT)
                 time.sleep(0.2)  # under way again before the next round's scrape
-        peaks = {name: server.peak_rss_mb() for name, server in servers.items()}
+        peaks = {name: server.memory_mb("VmHWM") for name, server in servers.items()}
     finally:
         for server in servers.values():
             server.stop()
