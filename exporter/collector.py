@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import errno
 import gc
 import logging
 import threading
@@ -40,7 +39,7 @@ from exporter.exposition import (
 )
 from exporter.kernel.dump_metrics import DatapathRenderer, vport_counters
 from exporter.kernel.dumps import DatapathDump, NamespaceSources
-from exporter.kernel.genl import FamilyNotFoundError
+from exporter.kernel.genl import FamilyNotFoundError, describe_error
 from exporter.kernel.netlink import DecodeError
 from exporter.records import Health, SourceReport
 
@@ -90,21 +89,6 @@ def apply_filters(dumps: Sequence[DatapathDump], filters: Filters) -> list[Datap
             ]
             kept.append(dataclasses.replace(dump, vports=vports))
     return kept
-
-
-def _describe(err: BaseException) -> str:
-    if isinstance(err, FamilyNotFoundError):
-        return (
-            f"generic netlink family {err} not found: is the openvswitch kernel module loaded?"
-            " (will retry on every scrape)"
-        )
-    if isinstance(err, OSError) and err.errno is not None:
-        return f"{err.strerror or err} (errno {err.errno} {errno.errorcode.get(err.errno, '?')})"
-    if isinstance(err, TimeoutError):
-        return "timed out waiting for the kernel's reply"
-    if isinstance(err, DecodeError):
-        return f"malformed netlink reply: {err}"
-    return f"{type(err).__name__}: {err}"
 
 
 class Collector:
@@ -255,7 +239,9 @@ class Collector:
 
     def _log_failure(self, where: str, err: BaseException) -> None:
         """Log a failure once per distinct failure of a source, not on every scrape while it lasts."""
-        message = _describe(err)
+        message = describe_error(err)
+        if isinstance(err, FamilyNotFoundError):
+            message += " (will retry on every scrape)"
         if self._failures.get(where) != message:
             log_fn = log.warning if isinstance(err, FamilyNotFoundError) else log.error
             log_fn("%sscrape failed: %s", where, message, exc_info=_is_unexpected(err))

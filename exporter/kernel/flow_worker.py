@@ -54,7 +54,7 @@ from typing import IO, Any, Protocol
 from exporter import deadline
 from exporter.kernel.dumps import DatapathDump, KernelSocket, KernelSource
 from exporter.kernel.families.flow import OVS_FLOW_FAMILY, FlowTally, encode_flow_dump, scan_flows
-from exporter.kernel.genl import FamilyNotFoundError, open_socket
+from exporter.kernel.genl import describe_error, open_socket
 from exporter.kernel.netlink import (
     NLMSG_DONE,
     NLMSG_ERROR,
@@ -257,18 +257,6 @@ def dump_flows(
                 return tally
 
 
-def _describe(err: BaseException) -> str:
-    if isinstance(err, FamilyNotFoundError):
-        return f"generic netlink family {err} not found: is the openvswitch kernel module loaded?"
-    if isinstance(err, OSError) and err.errno is not None:
-        return f"{err.strerror or err} (errno {err.errno} {errno.errorcode.get(err.errno, '?')})"
-    if isinstance(err, TimeoutError):
-        return "timed out waiting for the kernel's reply"
-    if isinstance(err, DecodeError):
-        return f"malformed netlink reply: {err}"
-    return f"{type(err).__name__}: {err}"
-
-
 class NamespaceFlows:
     """The worker's side of one network namespace: its sockets and each datapath's drop flows."""
 
@@ -301,7 +289,7 @@ class NamespaceFlows:
             family = self._flow_socket.family_id(OVS_FLOW_FAMILY)
         except Exception as err:  # noqa: BLE001 - reported, never fatal: the next round starts over
             self._close_flow_socket()
-            report["error"] = _describe(err)
+            report["error"] = describe_error(err)
             return report
         present = {}
         for dump in dumps:
@@ -342,7 +330,7 @@ class NamespaceFlows:
             if err.errno == errno.ENODEV:
                 return None  # deleted since the datapath dump: not an error
             self._close_flow_socket()
-            entry.update(result="failed", error=_describe(err))
+            entry.update(result="failed", error=describe_error(err))
             return entry
         except DumpAbandonedError as err:
             # Closing the socket ends the dump in the kernel; the next round opens another.
@@ -351,7 +339,7 @@ class NamespaceFlows:
             return entry
         except Exception as err:  # noqa: BLE001 - reported per datapath
             self._close_flow_socket()
-            entry.update(result="failed", error=_describe(err))
+            entry.update(result="failed", error=describe_error(err))
             return entry
         state = self._datapaths.get(datapath.name)
         if state is None or state.dp_ifindex != datapath.dp_ifindex:

@@ -52,6 +52,19 @@ class FamilyNotFoundError(Exception):
     """A generic netlink family is not registered: the openvswitch module is not loaded."""
 
 
+def describe_error(err: BaseException) -> str:
+    """One line for the log and the health reports about what a kernel read raised."""
+    if isinstance(err, FamilyNotFoundError):
+        return f"generic netlink family {err} not found: is the openvswitch kernel module loaded?"
+    if isinstance(err, OSError) and err.errno is not None:  # a scrape's deadline too: it says which
+        return f"{err.strerror or err} (errno {err.errno} {errno.errorcode.get(err.errno, '?')})"
+    if isinstance(err, TimeoutError):
+        return "timed out waiting for the kernel's reply"
+    if isinstance(err, DecodeError):
+        return f"malformed netlink reply: {err}"
+    return f"{type(err).__name__}: {err}"
+
+
 class GenlSocket:
     """A netlink socket: family lookups, requests and their replies, multicast groups.
 

@@ -22,7 +22,6 @@ and the other sources carry on.
 
 from __future__ import annotations
 
-import errno
 import logging
 import threading
 import time
@@ -30,7 +29,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
-from exporter.kernel.genl import FamilyNotFoundError
+from exporter.kernel.genl import FamilyNotFoundError, describe_error
 from exporter.kernel.netlink import DecodeError, Message
 from exporter.records import Health
 
@@ -188,7 +187,7 @@ class NamespacePoller(Generic[T]):
         except (OSError, DecodeError) as err:
             # A fresh socket next time: it holds no late replies to this round's requests.
             self._drop(netns)
-            self._failed(netns, _describe(err), logging.ERROR)
+            self._failed(netns, describe_error(err), logging.ERROR)
             return Reading(netns, None, False)
         if self._failures.pop(netns, None) is not None:
             log.info("%s%s reads again", _where(netns), self._what)
@@ -212,7 +211,7 @@ class NamespacePoller(Generic[T]):
             try:
                 sock = self._opener(netns)
             except (OSError, ValueError) as err:
-                self._failed(netns, f"cannot open its socket: {_describe(err)}", logging.WARNING)
+                self._failed(netns, f"cannot open its socket: {describe_error(err)}", logging.WARNING)
                 return None
             known = self._known[netns] = _Namespace(netns, sock, identity)
         return known
@@ -289,16 +288,6 @@ class PolledSource(Generic[T]):
 
     def close(self) -> None:
         self.poller.close()
-
-
-def _describe(err: BaseException) -> str:
-    if isinstance(err, TimeoutError):
-        return "timed out waiting for the kernel's reply"
-    if isinstance(err, OSError) and err.errno is not None:
-        return f"{err.strerror or err} (errno {err.errno} {errno.errorcode.get(err.errno, '?')})"
-    if isinstance(err, DecodeError):
-        return f"malformed netlink reply: {err}"
-    return f"{type(err).__name__}: {err}"
 
 
 def _where(netns: str | None) -> str:
