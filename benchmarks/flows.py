@@ -24,6 +24,8 @@ against ``none``, and how many dumps completed meanwhile (so that a dump was alw
 from __future__ import annotations
 
 import argparse
+import contextlib
+import copy
 import gzip
 import json
 import os
@@ -34,10 +36,10 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from benchmarks.dataset import PrebuiltKernelSocket, _split_at_seqs, build
 from benchmarks.scrape import get_metrics, machine
 from benchmarks.serving import REPO_ROOT, ServerProcess, ready, start_exporter
 
@@ -45,58 +47,40 @@ MODES = ("none", "thread", "process")
 BIG_DATAPATH = 4  # the dataset's ovs-system: most of the vports, and the whole flow table
 
 
-class FlowKernel:
+class FlowKernel(PrebuiltKernelSocket):
     """A kernel socket replaying the vport dataset and a pre-built flow table of ``ovs-system``."""
 
     def __init__(self, vports: int, flows: int) -> None:
-        from benchmarks.dataset import _split_at_seqs, build
         from tests.flow_messages import flow_dump, typical_flows
 
-        self._vports = build(vports)
+        super().__init__(build(vports))
         ports = max(2, min(2000, round(vports * 0.85) - 1))
         table = typical_flows(flows, ports)
         self._flows = [_split_at_seqs(datagram) for datagram in flow_dump(0, BIG_DATAPATH, table)]
         self._empty = [_split_at_seqs(flow_dump(0, 0, [])[0])]
-        self._pending: Iterator[bytes] = iter(())
 
     def family_id(self, name: str) -> int:
-        from benchmarks.dataset import PrebuiltKernelSocket
         from tests.flow_messages import FLOW_FAMILY_ID
 
-        if name == "ovs_flow":
-            return FLOW_FAMILY_ID
-        return PrebuiltKernelSocket(self._vports).family_id(name)
+        return FLOW_FAMILY_ID if name == "ovs_flow" else super().family_id(name)
 
     def socket(self) -> FlowKernel:
         """A socket of its own over the same data (the worker opens one per dump kind)."""
-        other = object.__new__(FlowKernel)
-        other._vports, other._flows, other._empty = self._vports, self._flows, self._empty
+        other = copy.copy(self)
         other._pending = iter(())
         return other
 
     def send(self, data: bytes) -> None:
-        from benchmarks.dataset import PrebuiltKernelSocket
         from tests.flow_messages import FLOW_FAMILY_ID
 
         _length, family, _flags, seq, _pid = struct.unpack_from("=IHHII", data)
         if family != FLOW_FAMILY_ID:
-            replay = PrebuiltKernelSocket(self._vports)
-            replay.send(data)
-            self._pending = iter(list(replay._pending))
+            super().send(data)
             return
         dp_ifindex = struct.unpack_from("=i", data, 20)[0]
         template = self._flows if dp_ifindex == BIG_DATAPATH else self._empty
         seq_bytes = struct.pack("=I", seq)
         self._pending = (seq_bytes.join(pieces) for pieces in template)
-
-    def recv(self) -> bytes:
-        try:
-            return next(self._pending)
-        except StopIteration:
-            raise TimeoutError("no reply pending") from None
-
-    def close(self) -> None:
-        self._pending = iter(())
 
 
 def worker(vports: int, flows: int) -> None:
@@ -112,7 +96,6 @@ def worker(vports: int, flows: int) -> None:
 
 def serve(mode: str, vports: int, flows: int) -> None:
     """One exporter server over the vport dataset, with the flow collector as ``mode`` says."""
-    from benchmarks.dataset import PrebuiltKernelSocket, build
     from exporter.kernel.dumps import KernelSource
     from exporter.kernel.flow_worker import NamespaceFlows, WorkerConfig, memory
     from exporter.kernel.flows import FlowSource
@@ -200,9 +183,10 @@ class Phase:
 
 def _child(pid: int) -> int:
     """The one child process of ``pid`` (the process server's flow dump worker)."""
-    children = [
-        c for task in Path(f"/proc/{pid}/task").iterdir() for c in (task / "children").read_text().split()
-    ]
+    children = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(FileNotFoundError):  # a thread (a scrape's) that ended meanwhile
+            children += (task / "children").read_text().split()
     (child,) = children
     return int(child)
 
