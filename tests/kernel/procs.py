@@ -148,6 +148,20 @@ def tool(name: str) -> str:
     return str(Path(os.environ.get("OVS_VM_TOOLS", "/")) / "usr" / "bin" / name)
 
 
+def rules_and_scrapes(targets: dict[str, str]) -> dict[str, Any]:
+    """A Prometheus config that scrapes each job's one target and evaluates the project's rules,
+    every second (``targets``: job name to ``host:port``)."""
+    from tests import promql_inventory
+
+    return {
+        "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
+        "rule_files": [str(promql_inventory.RULES_PATH)],
+        "scrape_configs": [
+            {"job_name": job, "static_configs": [{"targets": [target]}]} for job, target in targets.items()
+        ],
+    }
+
+
 class Prometheus(Process):
     """Debian's Prometheus, unpacked by tests/vm/setup.sh, with its data in /tmp (a guest tmpfs)."""
 

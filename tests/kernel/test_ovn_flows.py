@@ -37,7 +37,7 @@ from .ovn import (
 )
 from .ovsflow import FlowInfo, FlowTable, per_port
 from .ovsnl import OvsNetlink
-from .procs import Exporter, Prometheus, scrape_until
+from .procs import Exporter, Prometheus, rules_and_scrapes, scrape_until
 from .promtext import Scrape, identities
 from .test_ovn import EXTERNAL_IDS
 from .vswitchd import DATAPATH, GENEVE_VPORT, MGMT_NS_IP, ping, vsctl
@@ -236,13 +236,7 @@ def test_tunnels_and_patch_ports_are_counted_as_the_docs_say(
 
 @pytest.fixture(scope="module")
 def host_prometheus(host_exporter: Exporter, results_dir: Path) -> Iterator[Prometheus]:
-    config = {
-        "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
-        "rule_files": [str(promql_inventory.RULES_PATH)],
-        "scrape_configs": [
-            {"job_name": JOB, "static_configs": [{"targets": [f"{MGMT_NS_IP}:{host_exporter.port}"]}]}
-        ],
-    }
+    config = rules_and_scrapes({JOB: f"{MGMT_NS_IP}:{host_exporter.port}"})
     prom = Prometheus(PROMETHEUS_PORT, config, results_dir, workdir=Path("/tmp/prometheus-ovn-flows"))
     yield prom
     prom.stop()

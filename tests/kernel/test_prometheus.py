@@ -22,7 +22,7 @@ from tests import promql_inventory
 
 from .conftest import EXPORTER_PORT, HAS_UPCALL_STATS, UpcallDatapath
 from .ovsnl import VPORT_INTERNAL, OvsNetlink
-from .procs import Exporter, NodeExporter, Prometheus
+from .procs import Exporter, NodeExporter, Prometheus, rules_and_scrapes
 from .topology import STANDARD, Topology, background_ping, dpctl, ip_batch, ping, send_frames
 
 pytestmark = pytest.mark.prometheus
@@ -119,20 +119,12 @@ def _needs_node_exporter() -> bool:
 def prometheus(
     results_dir: Path, exporter: Exporter, background_traffic: None, troubled_datapath: str
 ) -> Iterator[Prometheus]:
-    scrape_configs: list[dict[str, Any]] = [
-        {"job_name": JOB, "static_configs": [{"targets": [f"127.0.0.1:{EXPORTER_PORT}"]}]}
-    ]
+    targets = {JOB: f"127.0.0.1:{EXPORTER_PORT}"}
     node = None
     if _needs_node_exporter():
         node = NodeExporter(NODE_EXPORTER_PORT, results_dir)
-        scrape_configs.append(
-            {"job_name": "node", "static_configs": [{"targets": [f"127.0.0.1:{NODE_EXPORTER_PORT}"]}]}
-        )
-    config = {
-        "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
-        "rule_files": [str(promql_inventory.RULES_PATH)],
-        "scrape_configs": scrape_configs,
-    }
+        targets["node"] = f"127.0.0.1:{NODE_EXPORTER_PORT}"
+    config = rules_and_scrapes(targets)
     prom = Prometheus(PROMETHEUS_PORT, config, results_dir)
     try:
         deadline = time.monotonic() + 60

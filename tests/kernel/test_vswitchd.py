@@ -31,7 +31,7 @@ from .conftest import HAS_UPCALL_STATS, NOBODY, consistent
 from .kernel_reads import UdpReceiver, flood_udp, meters_agree, udp_flows_delivered, zones_agree
 from .netns import write_sysctl
 from .ovsnl import OvsNetlink
-from .procs import Exporter, Prometheus, scrape_until
+from .procs import Exporter, Prometheus, rules_and_scrapes, scrape_until
 from .promtext import Scrape, broken_interfaces, diff, expected_series, identities, zone_infos
 from .topology import DpctlDatapath, dpctl_diff, ip_batch, ip_link_kinds, sh
 from .vswitchd import (
@@ -646,13 +646,7 @@ _ZONE_QUERY = re.compile(r'printf "(ovs_conntrack_zone_info\{[^"]*\})"')
 
 @pytest.fixture(scope="module")
 def host_prometheus(host_exporter: Exporter, results_dir: Path) -> Iterator[Prometheus]:
-    config = {
-        "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
-        "rule_files": [str(promql_inventory.RULES_PATH)],
-        "scrape_configs": [
-            {"job_name": JOB, "static_configs": [{"targets": [f"{MGMT_NS_IP}:{host_exporter.port}"]}]}
-        ],
-    }
+    config = rules_and_scrapes({JOB: f"{MGMT_NS_IP}:{host_exporter.port}"})
     prom = Prometheus(PROMETHEUS_PORT, config, results_dir, workdir=Path("/tmp/prometheus-vswitchd"))
     yield prom
     prom.stop()
