@@ -16,7 +16,7 @@ from types import FrameType
 from typing import Any, NoReturn
 
 from exporter import __version__, logs
-from exporter.collector import Collector
+from exporter.collector import Collector, SnapshotSource
 from exporter.config import (
     FLOWS_INTERVAL,
     FLOWS_MAX_FLOWS,
@@ -389,19 +389,28 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         )
         flows.start()
-    polled = _polled_sources(config, namespaces)
+    # Every source that runs in the background, in the order the scrape reports them.
+    background: list[SnapshotSource] = [
+        *listeners,
+        *_polled_sources(config, namespaces),
+        *([identity] if identity is not None else []),
+        *([flows] if flows is not None else []),
+    ]
+
+    def close_sources() -> None:
+        source.close()
+        for started in background:
+            started.close()
+        if namespaces is not None:
+            namespaces.close()
+
     collector = Collector(
         source,
         config.filters,
         __version__,
         namespaces=namespaces,
         vport_metrics=config.vport_metrics,
-        snapshot_sources=[
-            *listeners,
-            *polled,
-            *([identity] if identity is not None else []),
-            *([flows] if flows is not None else []),
-        ],
+        snapshot_sources=background,
         extra=(http_metrics.render,),
     )
     host, port = config.listen_host_port
@@ -419,12 +428,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     except OSError as err:
         log.error("cannot listen on %s: %s", config.listen_address, err.strerror or err)
-        for listener in listeners:
-            listener.close()
-        if flows is not None:
-            flows.close()
-        for polled_source in polled:
-            polled_source.close()
+        close_sources()
         return 1
     signal.signal(signal.SIGTERM, _stop)
     scheme = "https" if web_config is not None and web_config.ssl_context is not None else "http"
@@ -444,15 +448,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.info("shutting down")
     finally:
         server.server_close()
-        source.close()
-        for listener in listeners:
-            listener.close()
-        for polled_source in polled:
-            polled_source.close()
-        if namespaces is not None:
-            namespaces.close()
-        if identity is not None:
-            identity.close()
-        if flows is not None:
-            flows.close()
+        close_sources()
     return 0
