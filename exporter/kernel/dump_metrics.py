@@ -305,10 +305,15 @@ def _vport_info_sample(port_labels: str, vport: Vport, device_kind: str | None) 
     return f"ovs_vport_info{{{fixed}{optional}}} 1\n"
 
 
+def datapath_labels(netns: str | None, datapath: str) -> str:
+    """``datapath=".."``, after ``netns=".."`` for a datapath read in a named namespace: the
+    labels (without braces) every per-datapath and per-port series of the kernel starts with."""
+    labels = f'datapath="{escape_label_value(datapath)}"'
+    return labels if netns is None else f'netns="{escape_label_value(netns)}",{labels}'
+
+
 def _datapath_labels(dump: DatapathDump) -> str:
-    """``datapath=".."``, and ``netns=".."`` for a datapath read in a named namespace."""
-    labels = f'datapath="{escape_label_value(dump.datapath.name)}"'
-    return labels if dump.netns is None else f'netns="{escape_label_value(dump.netns)}",{labels}'
+    return datapath_labels(dump.netns, dump.datapath.name)
 
 
 _NAME = operator.itemgetter(Vport._fields.index("name"))

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import IO, Any, Protocol
 
 from exporter.exposition import Format, escape_label_value, family_header
+from exporter.kernel.dump_metrics import datapath_labels
 from exporter.kernel.dumps import DatapathDump
 from exporter.kernel.flow_worker import WorkerConfig
 from exporter.records import Health, SourceReport
@@ -278,7 +279,7 @@ class FlowSource:
                 (float(dp["started"]) + float(dp["duration"]), float(dp["duration"]), int(dp["flows"])),
                 previous.abandoned if previous else 0,
                 counters,
-                _samples(_datapath_labels(netns, name), ports, port_flows, counters),
+                _samples(datapath_labels(netns, name), ports, port_flows, counters),
             )
         if result not in ("abandoned", "failed"):
             raise ReportError(f"result {result!r}")
@@ -290,7 +291,7 @@ class FlowSource:
             previous.last_complete if previous else None,
             (previous.abandoned if previous else 0) + (result == "abandoned"),
             kept,
-            _samples(_datapath_labels(netns, name), ports, None, kept),
+            _samples(datapath_labels(netns, name), ports, None, kept),
         )
 
     def _publish(self, **changes: Any) -> None:
@@ -341,7 +342,7 @@ class FlowSource:
             datapath = namespace.datapaths.get(dump.datapath.name) if namespace is not None else None
             if datapath is None or datapath.dp_ifindex != dump.datapath.dp_ifindex:
                 continue
-            dp_labels = _datapath_labels(dump.netns, dump.datapath.name)
+            dp_labels = datapath_labels(dump.netns, dump.datapath.name)
             if datapath.last_complete is not None:
                 ended, duration, listed = datapath.last_complete
                 timestamp_lines.append(f"ovs_datapath_flow_dump_timestamp_seconds{{{dp_labels}}} {ended!r}\n")
@@ -395,12 +396,6 @@ class FlowSource:
                 process.wait()
         if self._thread is not None:
             self._thread.join(timeout=5)
-
-
-def _datapath_labels(netns: str | None, datapath: str) -> str:
-    """``datapath=".."``, after ``netns=".."`` for a namespace's: as the vport metrics write them."""
-    labels = f'datapath="{escape_label_value(datapath)}"'
-    return labels if netns is None else f'netns="{escape_label_value(netns)}",{labels}'
 
 
 def _samples(
