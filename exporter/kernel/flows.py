@@ -125,7 +125,7 @@ class DatapathFlows:
 
 
 @dataclass(frozen=True, slots=True)
-class NamespaceFlows:
+class NamespaceRound:
     """One namespace's latest round, and when it arrived (``time.monotonic``)."""
 
     netns: str | None
@@ -140,7 +140,7 @@ class NamespaceFlows:
 
 @dataclass(frozen=True, slots=True)
 class FlowSnapshot:
-    namespaces: Mapping[str | None, NamespaceFlows] = field(default_factory=dict)
+    namespaces: Mapping[str | None, NamespaceRound] = field(default_factory=dict)
     rss_bytes: int | None = None
     peak_rss_bytes: int | None = None
     restarts: int = 0
@@ -227,7 +227,7 @@ class FlowSource:
         if error is not None:
             self._failure(where, f"flow dump failed: {error}")
             datapaths = dict(old.datapaths) if old is not None else {}
-            entry = NamespaceFlows(netns, self._monotonic(), str(error), datapaths)
+            entry = NamespaceRound(netns, self._monotonic(), str(error), datapaths)
         else:
             self._recovered(where)
             datapaths = {}
@@ -235,7 +235,7 @@ class FlowSource:
                 name = str(dp["datapath"])
                 previous = old.datapaths.get(name) if old is not None else None
                 datapaths[name] = self._datapath(where, netns, name, dp, previous)
-            entry = NamespaceFlows(netns, self._monotonic(), None, datapaths)
+            entry = NamespaceRound(netns, self._monotonic(), None, datapaths)
         self._publish(
             namespaces={**self._snapshot.namespaces, netns: entry},
             rss_bytes=int(report["rss_bytes"]),
