@@ -326,18 +326,14 @@ class NamespaceFlows:
                 self._config.max_flows,
                 self._config.max_seconds,
             )
-        except NetlinkError as err:
-            if err.errno == errno.ENODEV:
-                return None  # deleted since the datapath dump: not an error
-            self._close_flow_socket()
-            entry.update(result="failed", error=describe_error(err))
-            return entry
         except DumpAbandonedError as err:
             # Closing the socket ends the dump in the kernel; the next round opens another.
             self._close_flow_socket()
             entry.update(result="abandoned", error=str(err))
             return entry
         except Exception as err:  # noqa: BLE001 - reported per datapath
+            if isinstance(err, NetlinkError) and err.errno == errno.ENODEV:
+                return None  # deleted since the datapath dump: not an error
             self._close_flow_socket()
             entry.update(result="failed", error=describe_error(err))
             return entry
