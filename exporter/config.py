@@ -272,6 +272,14 @@ def vport_metric_groups(names: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(group for group in VPORT_METRIC_GROUPS if group in names)
 
 
+def _check_range(key: str, value: float, low: float, high: float, *, low_allowed: bool = True) -> None:
+    """A number setting, finite and within [low, high] (or (low, high]), or a ConfigError naming it."""
+    above_low = low <= value if low_allowed else low < value
+    if not (math.isfinite(value) and above_low and value <= high):
+        bound = "at least" if low_allowed else "above"
+        raise ConfigError(f"{key}: must be {bound} {low} and at most {high}, got {value}")
+
+
 def build(file_settings: Mapping[str, Any], flag_settings: Mapping[str, Any]) -> Config:
     """Merge file and flags (flags win) and check every value.
 
@@ -294,25 +302,10 @@ def build(file_settings: Mapping[str, Any], flag_settings: Mapping[str, Any]) ->
         raise ConfigError(f"log.level: must be one of {', '.join(LOG_LEVELS)}, got {config.log_level!r}")
     if config.log_format not in LOG_FORMATS:
         raise ConfigError(f"log.format: must be one of {', '.join(LOG_FORMATS)}, got {config.log_format!r}")
-    if not (math.isfinite(config.netlink_timeout) and 0 < config.netlink_timeout <= 60):
-        raise ConfigError(
-            f"netlink.timeout_seconds: must be above 0 and at most 60, got {config.netlink_timeout}"
-        )
-
-    if not (math.isfinite(config.flows_interval) and 0.5 <= config.flows_interval <= 3600):
-        raise ConfigError(
-            "collector.flows_interval_seconds: must be at least 0.5 and at most 3600,"
-            f" got {config.flows_interval}"
-        )
-    if not 1 <= config.flows_max_flows <= 100_000_000:
-        raise ConfigError(
-            "collector.flows_max_flows: must be at least 1 and at most 100000000,"
-            f" got {config.flows_max_flows}"
-        )
-    if not (math.isfinite(config.flows_max_seconds) and 0 < config.flows_max_seconds <= 3600):
-        raise ConfigError(
-            f"collector.flows_max_seconds: must be above 0 and at most 3600, got {config.flows_max_seconds}"
-        )
+    _check_range("netlink.timeout_seconds", config.netlink_timeout, 0, 60, low_allowed=False)
+    _check_range("collector.flows_interval_seconds", config.flows_interval, 0.5, 3600)
+    _check_range("collector.flows_max_flows", config.flows_max_flows, 1, 100_000_000)
+    _check_range("collector.flows_max_seconds", config.flows_max_seconds, 0, 3600, low_allowed=False)
     for key in ("meters_interval", "conntrack_zones_interval"):
         value = getattr(config, key)
         if not (math.isfinite(value) and MIN_POLL_INTERVAL <= value <= MAX_POLL_INTERVAL):
