@@ -41,6 +41,7 @@ from exporter.kernel.dump_metrics import DatapathRenderer, vport_counters
 from exporter.kernel.dumps import DatapathDump, NamespaceSources
 from exporter.kernel.genl import FamilyNotFoundError, describe_error
 from exporter.kernel.netlink import DecodeError
+from exporter.kernel.netns import log_prefix
 from exporter.records import Health, SourceReport
 
 log = logging.getLogger(__name__)
@@ -214,7 +215,7 @@ class Collector:
             return []
         up: list[tuple[str, int]] = []
         for result in self._namespaces.collect():
-            where = f"network namespace {result.netns}: "
+            where = log_prefix(result.netns)
             ok = result.error is None
             if result.error is None:
                 dumps.extend(apply_filters(result.dumps, self._filters))

@@ -64,7 +64,7 @@ from exporter.kernel.netlink import (
     genl_command,
     iter_messages,
 )
-from exporter.kernel.netns import call_in_namespace
+from exporter.kernel.netns import call_in_namespace, log_prefix
 from exporter.records import Health, SourceReport
 
 log = logging.getLogger(__name__)
@@ -158,7 +158,7 @@ class _Listener:
 
     @property
     def where(self) -> str:
-        return "" if self.netns is None else f"network namespace {self.netns}: "
+        return log_prefix(self.netns)
 
     def subscribe(self) -> None:
         """Resolve the families, join their groups, learn the datapaths' names.
@@ -423,7 +423,7 @@ class EventListener:
             where = netns or ""
             message = f"{err.strerror or err}" if isinstance(err, OSError) else str(err)
             if self._failed.get(where) != message:
-                log.warning("%sport event listener cannot open its sockets: %s", _where(netns), message)
+                log.warning("%sport event listener cannot open its sockets: %s", log_prefix(netns), message)
                 self._failed[where] = message
             return None
         self._failed.pop(netns or "", None)
@@ -496,7 +496,3 @@ class EventListener:
         self._selector.close()
         self._wake_reader.close()
         self._wake_writer.close()
-
-
-def _where(netns: str | None) -> str:
-    return "" if netns is None else f"network namespace {netns}: "

@@ -41,6 +41,7 @@ from exporter.exposition import Format, escape_label_value, family_header
 from exporter.kernel.dump_metrics import datapath_labels
 from exporter.kernel.dumps import DatapathDump
 from exporter.kernel.flow_worker import WorkerConfig
+from exporter.kernel.netns import log_prefix
 from exporter.records import Health, SourceReport
 
 log = logging.getLogger(__name__)
@@ -221,7 +222,7 @@ class FlowSource:
         netns = report["netns"]
         if netns is not None and not isinstance(netns, str):
             raise ReportError(f"netns {netns!r}")
-        where = "" if netns is None else f"network namespace {netns}: "
+        where = log_prefix(netns)
         old = self._snapshot.namespaces.get(netns)
         error = report["error"]
         if error is not None:

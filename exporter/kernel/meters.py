@@ -41,6 +41,7 @@ from exporter.kernel.families.meter import (
     encode_meter_get,
 )
 from exporter.kernel.netlink import NetlinkError, encode_ovs_get
+from exporter.kernel.netns import log_prefix
 from exporter.kernel.poller import PolledSource, RequestSocket
 from exporter.records import SourceReport
 
@@ -138,7 +139,7 @@ def read_meters(sock: RequestSocket, netns: str | None, previous: MeterReading |
             log.warning(
                 "%sdatapath %s has meters up to id %d, the last of the %d ids a round asks for: those"
                 " above it, if any, are not read (ovs_datapath_meters counts the meters below)",
-                "" if netns is None else f"network namespace {netns}: ",
+                log_prefix(netns),
                 dp.name,
                 MAX_PROBES - 1,
                 MAX_PROBES,

@@ -27,6 +27,11 @@ def list_namespaces(run_dir: str = NETNS_RUN_DIR) -> list[str]:
         return []
 
 
+def log_prefix(netns: str | None) -> str:
+    """What a log line about a namespace starts with: nothing for the exporter's own."""
+    return "" if netns is None else f"network namespace {netns}: "
+
+
 def call_in_namespace(name: str, make: Callable[[], T], run_dir: str = NETNS_RUN_DIR) -> T:
     """``make()`` run inside the named namespace (sockets it opens stay there); the thread comes back."""
     from pyroute2.netns import setns

@@ -31,6 +31,7 @@ from typing import Generic, Protocol, TypeVar
 
 from exporter.kernel.genl import FamilyNotFoundError, describe_error
 from exporter.kernel.netlink import DecodeError, Message
+from exporter.kernel.netns import log_prefix
 from exporter.records import Health
 
 log = logging.getLogger(__name__)
@@ -190,7 +191,7 @@ class NamespacePoller(Generic[T]):
             self._failed(netns, describe_error(err), logging.ERROR)
             return Reading(netns, None, False)
         if self._failures.pop(netns, None) is not None:
-            log.info("%s%s reads again", _where(netns), self._what)
+            log.info("%s%s reads again", log_prefix(netns), self._what)
         return Reading(netns, value, True)
 
     def _socket(self, netns: str | None) -> _Namespace | None:
@@ -219,7 +220,7 @@ class NamespacePoller(Generic[T]):
     def _failed(self, netns: str | None, message: str, level: int) -> None:
         if self._failures.get(netns) != message:
             log.log(
-                level, "%s%s: %s (retrying every %gs)", _where(netns), self._what, message, self._interval
+                level, "%s%s: %s (retrying every %gs)", log_prefix(netns), self._what, message, self._interval
             )
             self._failures[netns] = message
 
@@ -288,7 +289,3 @@ class PolledSource(Generic[T]):
 
     def close(self) -> None:
         self.poller.close()
-
-
-def _where(netns: str | None) -> str:
-    return "" if netns is None else f"network namespace {netns}: "
