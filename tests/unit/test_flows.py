@@ -111,6 +111,17 @@ def value(text: str, name: str, **labels: str) -> float | None:
     return None if match is None else float(match[1])
 
 
+def tap_b_dropped(text: str) -> float | None:
+    """tap-b's ovs_vport_flow_dropped_packets_total{reason="unspecified"}, the port most tests drop on."""
+    return value(
+        text,
+        "ovs_vport_flow_dropped_packets_total",
+        datapath="ovs-system",
+        port="tap-b",
+        reason="unspecified",
+    )
+
+
 def health(source: FlowSource, netns: str | None = None) -> bool:
     (entry,) = [h for h in source.report(Format.TEXT, []).health if h.netns == netns]
     assert entry.collector == "flows"
@@ -159,16 +170,7 @@ def test_drop_counters_add_up_and_only_grow(source: FlowSource) -> None:
     source.apply(complete(drops=[(4, "tap-b", "unspecified", 5, 500)]))
     source.apply(complete(drops=[(4, "tap-b", "unspecified", 3, 300), (3, "tap-a", "congestion", 1, 60)]))
     text = body(source)
-    assert (
-        value(
-            text,
-            "ovs_vport_flow_dropped_packets_total",
-            datapath="ovs-system",
-            port="tap-b",
-            reason="unspecified",
-        )
-        == 8
-    )
+    assert tap_b_dropped(text) == 8
     assert (
         value(
             text,
@@ -191,16 +193,7 @@ def test_drop_counters_add_up_and_only_grow(source: FlowSource) -> None:
     )
     # The drop flow went away: its port's counter stays.
     source.apply(complete(drops=[]))
-    assert (
-        value(
-            body(source),
-            "ovs_vport_flow_dropped_packets_total",
-            datapath="ovs-system",
-            port="tap-b",
-            reason="unspecified",
-        )
-        == 8
-    )
+    assert tap_b_dropped(body(source)) == 8
 
 
 def test_a_failed_dump_hides_the_gauges_keeps_the_counters_and_counts_abandoned(
@@ -214,16 +207,7 @@ def test_a_failed_dump_hides_the_gauges_keeps_the_counters_and_counts_abandoned(
     text = body(source)
     assert not health(source)
     assert "ovs_vport_flows{" not in text
-    assert (
-        value(
-            text,
-            "ovs_vport_flow_dropped_packets_total",
-            datapath="ovs-system",
-            port="tap-b",
-            reason="unspecified",
-        )
-        == 9
-    )
+    assert tap_b_dropped(text) == 9
     assert value(text, "ovs_datapath_flow_dumps_abandoned_total", datapath="ovs-system") == 2
     # The last complete dump is still described, with its time: a user sees how old it is.
     assert value(text, "ovs_datapath_flow_dump_timestamp_seconds", datapath="ovs-system") == 1000.25
@@ -254,16 +238,7 @@ def test_a_namespace_whose_round_failed_is_unhealthy_but_keeps_its_counters(sour
     source.apply({"netns": None, "error": "timed out", "datapaths": [], "rss_bytes": 1, "peak_rss_bytes": 2})
     text = body(source)
     assert not health(source) and "ovs_vport_flows{" not in text
-    assert (
-        value(
-            text,
-            "ovs_vport_flow_dropped_packets_total",
-            datapath="ovs-system",
-            port="tap-b",
-            reason="unspecified",
-        )
-        == 2
-    )
+    assert tap_b_dropped(text) == 2
 
 
 def test_only_ports_of_this_scrape_with_the_same_name_are_served(source: FlowSource) -> None:
@@ -289,16 +264,7 @@ def test_a_port_that_goes_takes_its_counters_with_it(source: FlowSource) -> None
         )
     )
     # Back under the same name and number after a round without it: a new series, from what is new.
-    assert (
-        value(
-            body(source),
-            "ovs_vport_flow_dropped_packets_total",
-            datapath="ovs-system",
-            port="tap-b",
-            reason="unspecified",
-        )
-        == 1
-    )
+    assert tap_b_dropped(body(source)) == 1
 
 
 def test_a_datapath_made_again_starts_its_counters_over(source: FlowSource) -> None:
@@ -306,16 +272,7 @@ def test_a_datapath_made_again_starts_its_counters_over(source: FlowSource) -> N
     source.apply(complete(drops=[(4, "tap-b", "unspecified", 4, 4)]))
     source.apply(complete(ifindex=9, drops=[(4, "tap-b", "unspecified", 0, 0)]))
     text = body(source, dump(*PORTS, ifindex=9))
-    assert (
-        value(
-            text,
-            "ovs_vport_flow_dropped_packets_total",
-            datapath="ovs-system",
-            port="tap-b",
-            reason="unspecified",
-        )
-        == 0
-    )
+    assert tap_b_dropped(text) == 0
 
 
 def test_namespaces_carry_their_label_and_their_own_health(source: FlowSource) -> None:
@@ -395,16 +352,7 @@ def test_a_worker_that_dies_is_restarted_counted_and_its_counters_kept(
     text = body(source)
     assert source.snapshot().restarts >= 3
     # The second life's first round was its baseline: the first life's 6 packets stay, none twice.
-    assert (
-        value(
-            text,
-            "ovs_vport_flow_dropped_packets_total",
-            datapath="ovs-system",
-            port="tap-b",
-            reason="unspecified",
-        )
-        == 6
-    )
+    assert tap_b_dropped(text) == 6
     messages = [r.message for r in caplog.records]
     assert "the flow dump worker exited with status 1" in messages
     assert any(m.startswith("malformed report from the flow dump worker skipped") for m in messages)
